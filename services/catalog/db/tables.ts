@@ -1,0 +1,99 @@
+import type { ColumnType, Generated, Insertable, Selectable, Updateable } from "kysely";
+
+/** catalog_restaurants: one row per restaurant. */
+export interface RestaurantsTable {
+  id: string;
+  name: string;
+  description: string;
+  address: string;
+  city: string;
+  /** Fixed offset of the city's local time from UTC, minutes (see domain.ts). */
+  utc_offset_minutes: number;
+  lat: number;
+  lng: number;
+  cuisines: string[];
+  rating: number;
+  rating_count: number;
+  price_level: number;
+  /** Opening intervals as JSON [{d, o, c}] (day, open minute, close minute) for display. */
+  hours: ColumnType<HoursJson[], string, string>;
+  /** The same hours as local week-minute ranges (int4multirange literal) for the open-now filter. */
+  open_week: string;
+  is_open: boolean;
+  delivery_radius_km: number;
+  avg_prep_minutes: number;
+  popularity: number;
+  currency: string;
+  /** Distinct lower-case words of name, cuisines and dish names; trigram indexed. */
+  search_text: string;
+  created_at: Generated<Date>;
+  updated_at: Generated<Date>;
+}
+
+export interface HoursJson {
+  d: number;
+  o: number;
+  c: number;
+}
+
+/** catalog_categories: menu sections. */
+export interface CategoriesTable {
+  id: string;
+  restaurant_id: string;
+  name: string;
+  position: number;
+}
+
+/** catalog_items: dishes. price_minor is int8 (a JS number for any realistic price). */
+export interface ItemsTable {
+  id: string;
+  restaurant_id: string;
+  category_id: string;
+  name: string;
+  description: string;
+  price_minor: ColumnType<number, number, number>;
+  currency: string;
+  available: boolean;
+  position: number;
+}
+
+/** catalog_groups: customization groups of an item. */
+export interface GroupsTable {
+  id: string;
+  item_id: string;
+  name: string;
+  min_choices: number;
+  max_choices: number;
+  position: number;
+}
+
+/** catalog_options: options of a group. */
+export interface OptionsTable {
+  id: string;
+  group_id: string;
+  item_id: string;
+  name: string;
+  price_delta_minor: ColumnType<number, number, number>;
+  available: boolean;
+  position: number;
+}
+
+export interface CatalogTables {
+  catalog_restaurants: RestaurantsTable;
+  catalog_categories: CategoriesTable;
+  catalog_items: ItemsTable;
+  catalog_groups: GroupsTable;
+  catalog_options: OptionsTable;
+}
+
+export type RestaurantRow = Selectable<RestaurantsTable>;
+export type NewRestaurantRow = Insertable<RestaurantsTable>;
+export type RestaurantUpdate = Updateable<RestaurantsTable>;
+export type CategoryRow = Selectable<CategoriesTable>;
+export type NewCategoryRow = Insertable<CategoriesTable>;
+export type ItemRow = Selectable<ItemsTable>;
+export type NewItemRow = Insertable<ItemsTable>;
+export type GroupRow = Selectable<GroupsTable>;
+export type NewGroupRow = Insertable<GroupsTable>;
+export type OptionRow = Selectable<OptionsTable>;
+export type NewOptionRow = Insertable<OptionsTable>;

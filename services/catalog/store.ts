@@ -1,0 +1,350 @@
+import { sql, type Kysely, type Transaction } from "kysely";
+import type { Db } from "../platform/db.js";
+import type { CatalogTables, GroupRow, HoursJson, ItemRow, OptionRow, RestaurantRow } from "./db/tables.js";
+import {
+  MINUTES_PER_WEEK,
+  W_DISTANCE,
+  W_POPULARITY,
+  W_RATING,
+  W_TEXT,
+  utcWeekMinute,
+  weekRanges,
+  type CategoryInfo,
+  type GroupInfo,
+  type Hours,
+  type ItemInfo,
+  type OptionInfo,
+  type RestaurantInfo,
+} from "./domain.js";
+
+export interface SearchQuery {
+  lat: number;
+  lng: number;
+  radiusKm: number;
+  /** Normalized text query; undefined or empty for none. */
+  query?: string;
+  /** Minimum word similarity for the text match (see domain.textThreshold). */
+  textThreshold: number;
+  cuisines: string[];
+  minRating: number;
+  openNow: boolean;
+  now: Date;
+  limit: number;
+  offset: number;
+}
+
+export interface SearchHit {
+  restaurant: RestaurantInfo;
+  distanceKm: number;
+  score: number;
+}
+
+/** A restaurant with its whole menu, for bulk loading (seed, tests). */
+export interface NewRestaurant extends RestaurantInfo {
+  categories: CategoryInfo[];
+  /** Text the restaurant is found by; see domain.searchText. */
+  searchText: string;
+}
+
+/** What the store answers when an availability change names something that is not there. */
+export type AvailabilityResult = { item: ItemInfo } | { missing: "item" | "option" };
+
+/** Catalog persistence. Rows never leave it: everything crosses as domain types. */
+export interface CatalogStore {
+  search(q: SearchQuery): Promise<SearchHit[]>;
+  getRestaurant(id: string): Promise<RestaurantInfo | undefined>;
+  /** Categories in display order with items, groups and options; empty for a restaurant without a menu. */
+  getMenu(restaurantId: string): Promise<CategoryInfo[]>;
+  /** The named items of this restaurant (others' items are simply absent), keyed by id. */
+  getItems(restaurantId: string, itemIds: string[]): Promise<Map<string, ItemInfo>>;
+  setItemAvailability(restaurantId: string, itemId: string, optionId: string | undefined, available: boolean): Promise<AvailabilityResult>;
+  setRestaurantOpen(id: string, isOpen: boolean): Promise<RestaurantInfo | undefined>;
+  countRestaurants(): Promise<number>;
+  /** Inserts restaurants with their menus in one transaction, in multi-row statements; returns row counts. */
+  insertRestaurants(rs: NewRestaurant[]): Promise<{ restaurants: number; categories: number; items: number; groups: number; options: number }>;
+  /** Removes every catalog row (seed --reset, tests). */
+  deleteAll(): Promise<void>;
+}
+
+type K = Kysely<CatalogTables>;
+
+/** Rows per INSERT statement in bulk loads (unnest of column arrays: few parameters, fast to parse). */
+const BULK_ROWS = 2000;
+
+const RESTAURANT_COLUMNS = [
+  "id",
+  "name",
+  "description",
+  "address",
+  "city",
+  "utc_offset_minutes",
+  "lat",
+  "lng",
+  "cuisines",
+  "rating",
+  "rating_count",
+  "price_level",
+  "hours",
+  "is_open",
+  "delivery_radius_km",
+  "avg_prep_minutes",
+  "popularity",
+  "currency",
+] as const;
+
+export function createCatalogStore(db: Db): CatalogStore {
+  const k = db.kysely as unknown as K;
+
+  async function loadItems(trx: K | Transaction<CatalogTables>, itemRows: ItemRow[]): Promise<ItemInfo[]> {
+    if (itemRows.length === 0) return [];
+    const ids = itemRows.map((r) => r.id);
+    const [groups, options] = await Promise.all([
+      trx.selectFrom("catalog_groups").selectAll().where("item_id", "in", ids).orderBy("item_id").orderBy("position").execute(),
+      trx.selectFrom("catalog_options").selectAll().where("item_id", "in", ids).orderBy("item_id").orderBy("position").execute(),
+    ]);
+    return assembleItems(itemRows, groups, options);
+  }
+
+  return {
+    async search(q) {
+      const radiusM = q.radiusKm * 1000;
+      const point = sql`ll_to_earth(${q.lat}::float8, ${q.lng}::float8)`;
+      const dist = sql`earth_distance(ll_to_earth(r.lat, r.lng), ${point})`;
+      const text = q.query ? sql`word_similarity(${q.query}::text, r.search_text)` : sql`0`;
+      const where = [
+        // Index-driven prefilter: the GiST index on ll_to_earth(lat, lng) answers the box; the box
+        // only needs to reach as far as the widest delivery radius (nobody farther delivers here).
+        sql`earth_box(${point}, LEAST(${radiusM}::float8, (SELECT max(delivery_radius_km) FROM catalog_restaurants) * 1000)) @> ll_to_earth(r.lat, r.lng)`,
+        sql`${dist} <= LEAST(${radiusM}::float8, r.delivery_radius_km * 1000)`,
+      ];
+      if (q.query) where.push(sql`r.search_text %> ${q.query}::text`);
+      if (q.cuisines.length > 0) where.push(sql`r.cuisines && ${q.cuisines}::text[]`);
+      if (q.minRating > 0) where.push(sql`r.rating >= ${q.minRating}::float8`);
+      if (q.openNow) {
+        const m = utcWeekMinute(q.now);
+        where.push(sql`r.is_open AND r.open_week @> (((${m}::int + r.utc_offset_minutes) % ${MINUTES_PER_WEEK} + ${MINUTES_PER_WEEK}) % ${MINUTES_PER_WEEK})`);
+      }
+      const score = sql`(${W_DISTANCE}::float8 * GREATEST(0, 1 - ${dist} / ${radiusM}::float8)
+        + ${W_RATING}::float8 * (r.rating / 5) + ${W_POPULARITY}::float8 * r.popularity + ${W_TEXT}::float8 * ${text})`;
+      const query = sql<RestaurantRow & { dist_m: number; score: number }>`
+        SELECT ${sql.join(RESTAURANT_COLUMNS.map((c) => sql.ref(`r.${c}`)))}, ${dist} AS dist_m, ${score} AS score
+        FROM catalog_restaurants r
+        WHERE ${sql.join(where, sql` AND `)}
+        ORDER BY score DESC, r.id
+        LIMIT ${q.limit} OFFSET ${q.offset}`;
+      const run = async (exec: K | Transaction<CatalogTables>) => (await query.execute(exec)).rows;
+      const rows = q.query
+        ? await k.transaction().execute(async (trx) => {
+            // Per-query threshold for %>, local to this transaction.
+            await sql`SELECT set_config('pg_trgm.word_similarity_threshold', ${String(q.textThreshold)}, true)`.execute(trx);
+            return run(trx);
+          })
+        : await run(k);
+      return rows.map((r) => ({ restaurant: toRestaurant(r as RestaurantRow), distanceKm: Number(r.dist_m) / 1000, score: Number(r.score) }));
+    },
+
+    async getRestaurant(id) {
+      const row = await k.selectFrom("catalog_restaurants").select(RESTAURANT_COLUMNS).where("id", "=", id).executeTakeFirst();
+      return row ? toRestaurant(row as RestaurantRow) : undefined;
+    },
+
+    async getMenu(restaurantId) {
+      const [cats, itemRows] = await Promise.all([
+        k.selectFrom("catalog_categories").selectAll().where("restaurant_id", "=", restaurantId).orderBy("position").execute(),
+        k.selectFrom("catalog_items").selectAll().where("restaurant_id", "=", restaurantId).orderBy("position").execute(),
+      ]);
+      const items = await loadItems(k, itemRows);
+      const byCat = new Map<string, ItemInfo[]>();
+      for (const it of items) {
+        const list = byCat.get(it.categoryId) ?? [];
+        list.push(it);
+        byCat.set(it.categoryId, list);
+      }
+      return cats.map((c) => ({ id: c.id, name: c.name, items: byCat.get(c.id) ?? [] }));
+    },
+
+    async getItems(restaurantId, itemIds) {
+      const ids = [...new Set(itemIds)].filter((x) => x);
+      if (ids.length === 0) return new Map();
+      const rows = await k.selectFrom("catalog_items").selectAll().where("restaurant_id", "=", restaurantId).where("id", "in", ids).execute();
+      const items = await loadItems(k, rows);
+      return new Map(items.map((i) => [i.id, i]));
+    },
+
+    async setItemAvailability(restaurantId, itemId, optionId, available) {
+      return k.transaction().execute(async (trx): Promise<AvailabilityResult> => {
+        const item = await trx.selectFrom("catalog_items").selectAll().where("id", "=", itemId).where("restaurant_id", "=", restaurantId).executeTakeFirst();
+        if (!item) return { missing: "item" };
+        if (optionId) {
+          const res = await trx.updateTable("catalog_options").set({ available }).where("id", "=", optionId).where("item_id", "=", itemId).executeTakeFirst();
+          if (Number(res.numUpdatedRows) === 0) return { missing: "option" };
+          const [info] = await loadItems(trx, [item]);
+          return { item: info };
+        }
+        const updated = await trx.updateTable("catalog_items").set({ available }).where("id", "=", itemId).returningAll().executeTakeFirstOrThrow();
+        const [info] = await loadItems(trx, [updated]);
+        return { item: info };
+      });
+    },
+
+    async setRestaurantOpen(id, isOpen) {
+      const row = await k
+        .updateTable("catalog_restaurants")
+        .set({ is_open: isOpen, updated_at: sql`now()` })
+        .where("id", "=", id)
+        .returning(RESTAURANT_COLUMNS)
+        .executeTakeFirst();
+      return row ? toRestaurant(row as RestaurantRow) : undefined;
+    },
+
+    async countRestaurants() {
+      const row = await k.selectFrom("catalog_restaurants").select(sql<string | number>`count(*)`.as("n")).executeTakeFirstOrThrow();
+      return Number(row.n);
+    },
+
+    async insertRestaurants(rs) {
+      const counts = { restaurants: rs.length, categories: 0, items: 0, groups: 0, options: 0 };
+      if (rs.length === 0) return counts;
+      const cats: Array<[string, string, string, number]> = [];
+      const items: Array<[string, string, string, string, string, number, string, boolean, number]> = [];
+      const groups: Array<[string, string, string, number, number, number]> = [];
+      const options: Array<[string, string, string, string, number, boolean, number]> = [];
+      for (const r of rs) {
+        r.categories.forEach((c, ci) => {
+          cats.push([c.id, r.id, c.name, ci]);
+          c.items.forEach((it, ii) => {
+            items.push([it.id, r.id, c.id, it.name, it.description, it.priceMinor, it.currency, it.available, ci * 1000 + ii]);
+            it.groups.forEach((g, gi) => {
+              groups.push([g.id, it.id, g.name, g.minChoices, g.maxChoices, gi]);
+              g.options.forEach((o, oi) => options.push([o.id, g.id, it.id, o.name, o.priceDeltaMinor, o.available, oi]));
+            });
+          });
+        });
+      }
+      counts.categories = cats.length;
+      counts.items = items.length;
+      counts.groups = groups.length;
+      counts.options = options.length;
+      await k.transaction().execute(async (trx) => {
+        for (const chunk of chunks(rs, BULK_ROWS)) {
+          const col = <T>(f: (r: NewRestaurant) => T) => chunk.map(f);
+          await sql`
+            INSERT INTO catalog_restaurants (id, name, description, address, city, utc_offset_minutes, lat, lng, cuisines, rating,
+              rating_count, price_level, hours, open_week, is_open, delivery_radius_km, avg_prep_minutes, popularity, currency, search_text)
+            SELECT u.id, u.name, u.description, u.address, u.city, u.utc_offset_minutes, u.lat, u.lng,
+              string_to_array(u.cuisines, ','), u.rating, u.rating_count, u.price_level, u.hours::jsonb, u.open_week::int4multirange,
+              u.is_open, u.delivery_radius_km, u.avg_prep_minutes, u.popularity, u.currency, u.search_text
+            FROM unnest(${col((r) => r.id)}::text[], ${col((r) => r.name)}::text[], ${col((r) => r.description)}::text[],
+              ${col((r) => r.address)}::text[], ${col((r) => r.city)}::text[], ${col((r) => r.utcOffsetMinutes)}::int[],
+              ${col((r) => r.lat)}::float8[], ${col((r) => r.lng)}::float8[], ${col((r) => r.cuisines.join(","))}::text[],
+              ${col((r) => r.rating)}::float8[], ${col((r) => r.ratingCount)}::int[], ${col((r) => r.priceLevel)}::int[],
+              ${col((r) => JSON.stringify(hoursToJson(r.hours)))}::text[], ${col((r) => multirange(weekRanges(r.hours)))}::text[],
+              ${col((r) => r.isOpen)}::bool[], ${col((r) => r.deliveryRadiusKm)}::float8[], ${col((r) => r.avgPrepMinutes)}::int[],
+              ${col((r) => r.popularity)}::float8[], ${col((r) => r.currency)}::text[], ${col((r) => r.searchText)}::text[])
+              AS u(id, name, description, address, city, utc_offset_minutes, lat, lng, cuisines, rating, rating_count, price_level,
+                   hours, open_week, is_open, delivery_radius_km, avg_prep_minutes, popularity, currency, search_text)`.execute(trx);
+        }
+        for (const chunk of chunks(cats, BULK_ROWS)) {
+          await sql`INSERT INTO catalog_categories (id, restaurant_id, name, position)
+            SELECT * FROM unnest(${cols(chunk, 0)}::text[], ${cols(chunk, 1)}::text[], ${cols(chunk, 2)}::text[], ${cols(chunk, 3)}::int[])`.execute(trx);
+        }
+        for (const chunk of chunks(items, BULK_ROWS)) {
+          await sql`INSERT INTO catalog_items (id, restaurant_id, category_id, name, description, price_minor, currency, available, position)
+            SELECT * FROM unnest(${cols(chunk, 0)}::text[], ${cols(chunk, 1)}::text[], ${cols(chunk, 2)}::text[], ${cols(chunk, 3)}::text[],
+              ${cols(chunk, 4)}::text[], ${cols(chunk, 5)}::int8[], ${cols(chunk, 6)}::text[], ${cols(chunk, 7)}::bool[], ${cols(chunk, 8)}::int[])`.execute(trx);
+        }
+        for (const chunk of chunks(groups, BULK_ROWS)) {
+          await sql`INSERT INTO catalog_groups (id, item_id, name, min_choices, max_choices, position)
+            SELECT * FROM unnest(${cols(chunk, 0)}::text[], ${cols(chunk, 1)}::text[], ${cols(chunk, 2)}::text[], ${cols(chunk, 3)}::int[],
+              ${cols(chunk, 4)}::int[], ${cols(chunk, 5)}::int[])`.execute(trx);
+        }
+        for (const chunk of chunks(options, BULK_ROWS)) {
+          await sql`INSERT INTO catalog_options (id, group_id, item_id, name, price_delta_minor, available, position)
+            SELECT * FROM unnest(${cols(chunk, 0)}::text[], ${cols(chunk, 1)}::text[], ${cols(chunk, 2)}::text[], ${cols(chunk, 3)}::text[],
+              ${cols(chunk, 4)}::int8[], ${cols(chunk, 5)}::bool[], ${cols(chunk, 6)}::int[])`.execute(trx);
+        }
+      });
+      return counts;
+    },
+
+    async deleteAll() {
+      await sql`TRUNCATE catalog_options, catalog_groups, catalog_items, catalog_categories, catalog_restaurants`.execute(k);
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mappers (rows <-> domain).
+
+function toRestaurant(r: RestaurantRow): RestaurantInfo {
+  const hoursRaw = (typeof r.hours === "string" ? JSON.parse(r.hours) : r.hours) as HoursJson[];
+  return {
+    id: r.id,
+    name: r.name,
+    description: r.description,
+    address: r.address,
+    city: r.city,
+    utcOffsetMinutes: r.utc_offset_minutes,
+    lat: Number(r.lat),
+    lng: Number(r.lng),
+    cuisines: parseTextArray(r.cuisines),
+    rating: Number(r.rating),
+    ratingCount: r.rating_count,
+    priceLevel: r.price_level,
+    hours: hoursRaw.map((h) => ({ dayOfWeek: h.d, openMinute: h.o, closeMinute: h.c })),
+    isOpen: r.is_open,
+    deliveryRadiusKm: Number(r.delivery_radius_km),
+    avgPrepMinutes: r.avg_prep_minutes,
+    popularity: Number(r.popularity),
+    currency: r.currency,
+  };
+}
+
+function hoursToJson(hours: Hours[]): HoursJson[] {
+  return hours.map((h) => ({ d: h.dayOfWeek, o: h.openMinute, c: h.closeMinute }));
+}
+
+function assembleItems(itemRows: ItemRow[], groupRows: GroupRow[], optionRows: OptionRow[]): ItemInfo[] {
+  const optsByGroup = new Map<string, OptionInfo[]>();
+  for (const o of optionRows) {
+    const list = optsByGroup.get(o.group_id) ?? [];
+    list.push({ id: o.id, name: o.name, priceDeltaMinor: Number(o.price_delta_minor), available: o.available });
+    optsByGroup.set(o.group_id, list);
+  }
+  const groupsByItem = new Map<string, GroupInfo[]>();
+  for (const g of groupRows) {
+    const list = groupsByItem.get(g.item_id) ?? [];
+    list.push({ id: g.id, name: g.name, minChoices: g.min_choices, maxChoices: g.max_choices, options: optsByGroup.get(g.id) ?? [] });
+    groupsByItem.set(g.item_id, list);
+  }
+  return itemRows.map((r) => ({
+    id: r.id,
+    restaurantId: r.restaurant_id,
+    categoryId: r.category_id,
+    name: r.name,
+    description: r.description,
+    priceMinor: Number(r.price_minor),
+    currency: r.currency,
+    available: r.available,
+    groups: groupsByItem.get(r.id) ?? [],
+  }));
+}
+
+/** text[] arrives as a JS array from pg and PGlite; tolerate the literal form too. */
+function parseTextArray(v: unknown): string[] {
+  if (Array.isArray(v)) return v as string[];
+  if (typeof v === "string") return v.replace(/^\{|\}$/g, "").split(",").filter((s) => s !== "").map((s) => s.replace(/^"|"$/g, ""));
+  return [];
+}
+
+function multirange(ranges: Array<[number, number]>): string {
+  return `{${ranges.map(([s, e]) => `[${s},${e})`).join(",")}}`;
+}
+
+function* chunks<T>(xs: T[], n: number): Generator<T[]> {
+  for (let i = 0; i < xs.length; i += n) yield xs.slice(i, i + n);
+}
+
+function cols<T extends unknown[]>(rows: T[], i: number): unknown[] {
+  return rows.map((r) => r[i]);
+}
