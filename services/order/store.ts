@@ -1,0 +1,555 @@
+import { create, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { sql, type Kysely, type Transaction } from "kysely";
+import { ActorRole, ActorSchema, MoneySchema, type Actor } from "../../gen/dabba/common/v1/common_pb.js";
+import { EventSchema, type Event } from "../../gen/dabba/events/v1/events_pb.js";
+import { OrderSchema, OrderStatus, TimelineKind, type Order } from "../../gen/dabba/order/v1/order_pb.js";
+import type { Db } from "../platform/db.js";
+import { AbortedError, AlreadyExistsError, NotFoundError, PermissionError, PreconditionError } from "../platform/errors.js";
+import {
+  RESTAURANT_OPEN_STATUSES,
+  actorRef,
+  decide,
+  type ActorRef,
+  type Caller,
+  type CommandRequest,
+  type Decision,
+  type OrderFacts,
+  type Policy,
+  type Role,
+  type Status,
+} from "./domain.js";
+import type { HistoryRow, NewHistoryRow, OrderDatabase, OrderRow, StoredLine } from "./db/tables.js";
+
+/** The stream order events are relayed to. */
+export const ORDER_EVENTS_STREAM = "events:orders";
+const MAX_CAS_ATTEMPTS = 8;
+
+/** A new order as priced by the handler; the store adds id, status, version and timestamps. */
+export interface NewOrder {
+  customerId: string;
+  restaurantId: string;
+  restaurantName: string;
+  lines: StoredLine[];
+  delivery: { lat: number; lng: number; address: string; instructions: string };
+  pickup: { lat: number; lng: number };
+  currency: string;
+  subtotalMinor: number;
+  deliveryFeeMinor: number;
+  taxMinor: number;
+  tipMinor: number;
+  totalMinor: number;
+  eta: { minMinutes: number; maxMinutes: number };
+  distanceKm: number;
+}
+
+export interface IdempotencyInput {
+  customerId: string;
+  key: string;
+  /** sha256 (hex) of the canonical request bytes. */
+  requestHash: string;
+  ttlHours: number;
+}
+
+/** Command arguments that are not part of the decision. */
+export interface CommandExtras {
+  reason?: string;
+  prepMinutes?: number;
+}
+
+/** Keyset position in a newest-first list. */
+export interface ListCursor {
+  createdAtMs: number;
+  id: string;
+}
+
+export type ListScope = { customerId: string } | { restaurantId: string; includeClosed: boolean };
+
+export interface OrderStore {
+  /** A live (unexpired) idempotency record with its order. */
+  findIdempotent(customerId: string, key: string): Promise<{ requestHash: string; order: Order } | undefined>;
+  /**
+   * Creates the order in PLACED with its idempotency row, PLACED history row and outbox row in
+   * one transaction. A concurrent or earlier use of the key returns the stored order when the
+   * request hash matches and throws AlreadyExistsError otherwise.
+   */
+  place(order: NewOrder, idem: IdempotencyInput): Promise<{ order: Order; replayed: boolean }>;
+  /** The order (with timeline when asked); undefined when it does not exist. */
+  get(id: string, opts?: { timeline?: boolean }): Promise<Order | undefined>;
+  list(scope: ListScope, page: { limit: number; after?: ListCursor }): Promise<{ orders: Order[]; next?: ListCursor }>;
+  /** A restaurant's open orders, oldest first (the feed snapshot). */
+  listOpenForRestaurant(restaurantId: string): Promise<Order[]>;
+  /** Runs one command through decide() and a compare-and-set; returns the order as it is now. */
+  execute(orderId: string, req: CommandRequest, caller: Caller, extras?: CommandExtras): Promise<Order>;
+}
+
+export interface OrderStoreOptions {
+  db: Db;
+  policy: Policy;
+  /** Called after every committed write (the outbox relay's wake). */
+  onCommit?: () => void;
+  /** Order id generator (tests). */
+  newId?: () => string;
+}
+
+class KeyTaken extends Error {}
+class CasLost extends Error {}
+
+export function createOrderStore(opts: OrderStoreOptions): OrderStore {
+  const db = opts.db.kysely as Kysely<OrderDatabase>;
+  const policy = opts.policy;
+  const committed = () => opts.onCommit?.();
+  const newId = opts.newId ?? (() => `ord_${crypto.randomUUID().replace(/-/g, "")}`);
+
+  async function readRow(id: string): Promise<OrderRow | undefined> {
+    return db.selectFrom("orders").selectAll().where("id", "=", id).executeTakeFirst();
+  }
+
+  async function findIdempotent(customerId: string, key: string) {
+    const rec = await db
+      .selectFrom("idempotency_keys")
+      .selectAll()
+      .where("customer_id", "=", customerId)
+      .where("key", "=", key)
+      .where("expires_at", ">", new Date())
+      .executeTakeFirst();
+    if (!rec) return undefined;
+    const row = await readRow(rec.order_id);
+    if (!row) return undefined;
+    return { requestHash: rec.request_hash, order: toOrder(row) };
+  }
+
+  async function place(o: NewOrder, idem: IdempotencyInput): Promise<{ order: Order; replayed: boolean }> {
+    const now = new Date();
+    const id = newId();
+    const actor: ActorRef = { role: "customer", id: o.customerId };
+    try {
+      const order = await db.transaction().execute(async (trx) => {
+        // An expired key is ignored and replaced.
+        await trx
+          .deleteFrom("idempotency_keys")
+          .where("customer_id", "=", idem.customerId)
+          .where("key", "=", idem.key)
+          .where("expires_at", "<=", now)
+          .execute();
+        const claimed = await trx
+          .insertInto("idempotency_keys")
+          .values({
+            customer_id: idem.customerId,
+            key: idem.key,
+            request_hash: idem.requestHash,
+            order_id: id,
+            created_at: now,
+            expires_at: new Date(now.getTime() + idem.ttlHours * 3_600_000),
+          })
+          .onConflict((oc) => oc.columns(["customer_id", "key"]).doNothing())
+          .returning("order_id")
+          .executeTakeFirst();
+        if (!claimed) throw new KeyTaken();
+
+        const row = await trx
+          .insertInto("orders")
+          .values({
+            id,
+            customer_id: o.customerId,
+            restaurant_id: o.restaurantId,
+            restaurant_name: o.restaurantName,
+            status: "PLACED",
+            version: 1,
+            driver_id: null,
+            lines: sql`${JSON.stringify(o.lines)}::jsonb` as unknown as StoredLine[],
+            delivery_lat: o.delivery.lat,
+            delivery_lng: o.delivery.lng,
+            delivery_address: o.delivery.address,
+            delivery_instructions: o.delivery.instructions,
+            pickup_lat: o.pickup.lat,
+            pickup_lng: o.pickup.lng,
+            currency: o.currency,
+            subtotal_minor: o.subtotalMinor,
+            delivery_fee_minor: o.deliveryFeeMinor,
+            tax_minor: o.taxMinor,
+            tip_minor: o.tipMinor,
+            total_minor: o.totalMinor,
+            eta_min_minutes: o.eta.minMinutes,
+            eta_max_minutes: o.eta.maxMinutes,
+            distance_km: o.distanceKm,
+            cancelled_by_role: null,
+            cancelled_by_id: null,
+            cancellation_reason: null,
+            next_event_seq: 2,
+            created_at: now,
+            updated_at: now,
+          })
+          .returningAll()
+          .executeTakeFirstOrThrow();
+        await trx
+          .insertInto("order_status_history")
+          .values({ order_id: id, seq: 1, kind: "status", status: "PLACED", actor_role: actor.role, actor_id: actor.id, reason: "", driver_id: null, at: now })
+          .execute();
+        const snapshot = toOrder(row);
+        await writeOutbox(trx, [
+          buildEvent(snapshot, 1, actor, now, { case: "placed", value: { total: snapshot.total } }),
+        ]);
+        return snapshot;
+      });
+      committed();
+      return { order, replayed: false };
+    } catch (err) {
+      if (!(err instanceof KeyTaken)) throw err;
+      const existing = await findIdempotent(idem.customerId, idem.key);
+      if (!existing) throw new AbortedError("idempotency key is being replaced concurrently; retry");
+      if (existing.requestHash !== idem.requestHash) {
+        throw new AlreadyExistsError("idempotency-key was already used with a different request");
+      }
+      return { order: existing.order, replayed: true };
+    }
+  }
+
+  async function get(id: string, o: { timeline?: boolean } = {}): Promise<Order | undefined> {
+    const row = await readRow(id);
+    if (!row) return undefined;
+    if (!o.timeline) return toOrder(row);
+    const history = await db.selectFrom("order_status_history").selectAll().where("order_id", "=", id).orderBy("seq").execute();
+    return toOrder(row, history);
+  }
+
+  async function list(scope: ListScope, page: { limit: number; after?: ListCursor }) {
+    let q = db.selectFrom("orders").selectAll();
+    if ("customerId" in scope) q = q.where("customer_id", "=", scope.customerId);
+    else {
+      q = q.where("restaurant_id", "=", scope.restaurantId);
+      if (!scope.includeClosed) q = q.where("status", "not in", ["DELIVERED", "CANCELLED"]);
+    }
+    if (page.after) {
+      const t = new Date(page.after.createdAtMs);
+      const id = page.after.id;
+      q = q.where((eb) => eb.or([eb("created_at", "<", t), eb.and([eb("created_at", "=", t), eb("id", "<", id)])]));
+    }
+    const rows = await q.orderBy("created_at", "desc").orderBy("id", "desc").limit(page.limit + 1).execute();
+    const more = rows.length > page.limit;
+    const pageRows = rows.slice(0, page.limit);
+    const last = pageRows[pageRows.length - 1];
+    return {
+      orders: pageRows.map((r) => toOrder(r)),
+      next: more && last ? { createdAtMs: new Date(last.created_at).getTime(), id: last.id } : undefined,
+    };
+  }
+
+  async function listOpenForRestaurant(restaurantId: string): Promise<Order[]> {
+    const rows = await db
+      .selectFrom("orders")
+      .selectAll()
+      .where("restaurant_id", "=", restaurantId)
+      .where("status", "in", [...RESTAURANT_OPEN_STATUSES])
+      .orderBy("created_at")
+      .orderBy("id")
+      .execute();
+    return rows.map((r) => toOrder(r));
+  }
+
+  async function execute(orderId: string, req: CommandRequest, caller: Caller, extras: CommandExtras = {}): Promise<Order> {
+    let firstStatus: Status | undefined;
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      const row = await readRow(orderId);
+      if (!row) throw new NotFoundError("order not found");
+      const d = decide(req, caller, factsOf(row), policy);
+      if (d.kind === "deny") throw denial(d);
+      if (d.kind === "noop") return toOrder(row);
+      firstStatus ??= row.status;
+      if (row.status !== firstStatus) {
+        // Someone else moved the order first; the caller's command was aimed at the old state.
+        throw new PreconditionError(
+          `order is now ${row.status} (changed concurrently from ${firstStatus}); ${req.command} was not applied`,
+        );
+      }
+      const updated = await applyTransition(row, d, req, caller, extras);
+      if (updated) {
+        committed();
+        return updated;
+      }
+    }
+    throw new AbortedError("order is changing too fast; retry");
+  }
+
+  /** One transaction: CAS update + history + outbox. Undefined when the CAS lost. */
+  async function applyTransition(
+    row: OrderRow,
+    d: Extract<Decision, { kind: "transition" }>,
+    req: CommandRequest,
+    caller: Caller,
+    extras: CommandExtras,
+  ): Promise<Order | undefined> {
+    const now = new Date();
+    const actor = actorRef(caller);
+    const reason = extras.reason ?? "";
+    const driverChange = d.assignDriverId !== undefined || d.unassignDriverId !== undefined;
+    const eventCount = driverChange ? 1 : d.statuses.length;
+    const firstSeq = Number(row.next_event_seq);
+    const cancels = d.statuses.includes("CANCELLED");
+    const finalStatus = d.statuses.length ? d.statuses[d.statuses.length - 1] : row.status;
+
+    const set: Record<string, unknown> = {
+      status: finalStatus,
+      version: sql`version + ${eventCount}`,
+      next_event_seq: sql`next_event_seq + ${eventCount}`,
+      updated_at: now,
+    };
+    if (cancels) {
+      Object.assign(set, {
+        driver_id: null,
+        cancelled_by_role: actor.role,
+        cancelled_by_id: actor.id,
+        cancellation_reason: reason,
+        cancellation_fee_minor: d.feeMinor,
+      });
+    }
+    if (d.assignDriverId !== undefined) {
+      set.driver_id = d.assignDriverId;
+      if (d.fencingToken !== undefined) set.last_fencing_token = d.fencingToken;
+    }
+    if (d.unassignDriverId !== undefined) set.driver_id = null;
+
+    try {
+      return await db.transaction().execute(async (trx) => {
+        let upd = trx
+          .updateTable("orders")
+          .set(set)
+          .where("id", "=", row.id)
+          .where("status", "=", row.status)
+          .where("version", "=", Number(row.version));
+        if (d.assignDriverId !== undefined) {
+          upd = upd.where("driver_id", "is", null).where("status", "in", ["CONFIRMED", "PREPARING", "READY_FOR_PICKUP"]);
+          if (d.fencingToken !== undefined) upd = upd.where("last_fencing_token", "<=", d.fencingToken);
+        }
+        if (d.unassignDriverId !== undefined) upd = upd.where("driver_id", "=", d.unassignDriverId);
+        const after = await upd.returningAll().executeTakeFirst();
+        if (!after) throw new CasLost();
+
+        const history: NewHistoryRow[] = [];
+        const events: Event[] = [];
+        const finalOrder = toOrder(after);
+        const base = { order_id: row.id, actor_role: actor.role, actor_id: actor.id, at: now };
+        if (d.assignDriverId !== undefined) {
+          history.push({ ...base, seq: firstSeq, kind: "driver_assigned", status: row.status, reason, driver_id: d.assignDriverId });
+          events.push(buildEvent(finalOrder, firstSeq, actor, now, {
+            case: "driverAssigned",
+            value: { driverId: d.assignDriverId, fencingToken: BigInt(req.fencingToken ?? 0) },
+          }));
+        } else if (d.unassignDriverId !== undefined) {
+          history.push({ ...base, seq: firstSeq, kind: "driver_unassigned", status: row.status, reason, driver_id: d.unassignDriverId });
+          events.push(buildEvent(finalOrder, firstSeq, actor, now, {
+            case: "driverUnassigned",
+            value: { driverId: d.unassignDriverId, reason },
+          }));
+        } else {
+          const baseVersion = Number(row.version);
+          d.statuses.forEach((status, i) => {
+            const seq = firstSeq + i;
+            const isLast = i === d.statuses.length - 1;
+            // Intermediate events (READY on the way to PICKED_UP) carry the order as it was then.
+            const snapshot = isLast ? finalOrder : create(OrderSchema, { ...finalOrder, status: OrderStatus[status], version: BigInt(baseVersion + i + 1) });
+            const stored = status === "CANCELLED" || req.command === "reject";
+            history.push({
+              ...base,
+              seq,
+              kind: "status",
+              status,
+              reason: stored ? reason : "",
+              driver_id: status === "CANCELLED" ? d.releaseDriverId : null,
+            });
+            events.push(buildEvent(snapshot, seq, actor, now, payloadFor(status, req, d, row, reason, extras)));
+          });
+        }
+        await trx.insertInto("order_status_history").values(history).execute();
+        await writeOutbox(trx, events);
+        return finalOrder;
+      });
+    } catch (err) {
+      if (err instanceof CasLost) return undefined;
+      if (isUniqueViolation(err, "orders_one_active_per_driver")) {
+        throw new PreconditionError("driver already has an active order");
+      }
+      throw err;
+    }
+  }
+
+  return { findIdempotent, place, get, list, listOpenForRestaurant, execute };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mappers (rows never leave the store).
+
+const ROLE_TO_PROTO: Record<Role, ActorRole> = {
+  customer: ActorRole.CUSTOMER,
+  restaurant: ActorRole.RESTAURANT,
+  driver: ActorRole.DRIVER,
+  ops: ActorRole.OPS,
+  service: ActorRole.SERVICE,
+};
+
+const KIND_TO_PROTO: Record<string, TimelineKind> = {
+  status: TimelineKind.STATUS,
+  driver_assigned: TimelineKind.DRIVER_ASSIGNED,
+  driver_unassigned: TimelineKind.DRIVER_UNASSIGNED,
+};
+
+function actorProto(a: { role: string; id: string }): Actor {
+  return create(ActorSchema, { role: ROLE_TO_PROTO[a.role as Role] ?? ActorRole.UNSPECIFIED, id: a.id });
+}
+
+function factsOf(row: OrderRow): OrderFacts {
+  return {
+    status: row.status,
+    customerId: row.customer_id,
+    restaurantId: row.restaurant_id,
+    driverId: row.driver_id,
+    lastFencingToken: Number(row.last_fencing_token),
+    subtotalMinor: Number(row.subtotal_minor),
+    cancelledBy: row.cancelled_by_role ? { role: row.cancelled_by_role as Role, id: row.cancelled_by_id ?? "" } : null,
+  };
+}
+
+/** Maps a stored row (and optionally its history) to the Order message. */
+export function toOrder(row: OrderRow, history?: HistoryRow[]): Order {
+  const money = (m: number | bigint) => create(MoneySchema, { amountMinor: BigInt(m), currency: row.currency });
+  const lines = (typeof row.lines === "string" ? JSON.parse(row.lines) : row.lines) as StoredLine[];
+  return create(OrderSchema, {
+    id: row.id,
+    customerId: row.customer_id,
+    restaurantId: row.restaurant_id,
+    restaurantName: row.restaurant_name,
+    status: OrderStatus[row.status],
+    version: BigInt(row.version),
+    lines: lines.map((l) => ({
+      itemId: l.itemId,
+      name: l.name,
+      quantity: l.quantity,
+      unitPrice: money(l.unitPriceMinor),
+      lineTotal: money(l.lineTotalMinor),
+      note: l.note,
+      options: l.options.map((op) => ({ optionId: op.optionId, name: op.name, priceDelta: money(op.priceDeltaMinor) })),
+    })),
+    delivery: {
+      location: { lat: row.delivery_lat, lng: row.delivery_lng },
+      addressLine: row.delivery_address,
+      instructions: row.delivery_instructions,
+    },
+    pickupLocation: { lat: row.pickup_lat, lng: row.pickup_lng },
+    subtotal: money(row.subtotal_minor),
+    deliveryFee: money(row.delivery_fee_minor),
+    tax: money(row.tax_minor),
+    tip: money(row.tip_minor),
+    total: money(row.total_minor),
+    eta: { minMinutes: row.eta_min_minutes, maxMinutes: row.eta_max_minutes },
+    driverId: row.driver_id ?? "",
+    cancelledBy: row.cancelled_by_role ? actorProto({ role: row.cancelled_by_role, id: row.cancelled_by_id ?? "" }) : undefined,
+    cancellationReason: row.cancellation_reason ?? "",
+    cancellationFee: money(row.cancellation_fee_minor),
+    timeline: (history ?? []).map((h) => ({
+      kind: KIND_TO_PROTO[h.kind] ?? TimelineKind.UNSPECIFIED,
+      status: OrderStatus[h.status],
+      actor: actorProto({ role: h.actor_role, id: h.actor_id }),
+      reason: h.reason,
+      driverId: h.driver_id ?? "",
+      at: timestampFromDate(new Date(h.at)),
+      sequence: BigInt(h.seq),
+    })),
+    createdAt: timestampFromDate(new Date(row.created_at)),
+    updatedAt: timestampFromDate(new Date(row.updated_at)),
+    distanceKm: row.distance_km,
+  });
+}
+
+type Payload = MessageInitShape<typeof EventSchema>["payload"];
+
+function payloadFor(
+  status: Status,
+  req: CommandRequest,
+  d: Extract<Decision, { kind: "transition" }>,
+  row: OrderRow,
+  reason: string,
+  extras: CommandExtras,
+): Payload {
+  const driverId = row.driver_id ?? "";
+  switch (status) {
+    case "CONFIRMED":
+      return { case: "confirmed", value: { prepMinutes: extras.prepMinutes ?? 0 } };
+    case "PREPARING":
+      return { case: "preparing", value: {} };
+    case "READY_FOR_PICKUP":
+      return { case: "ready", value: {} };
+    case "PICKED_UP":
+      return { case: "pickedUp", value: { driverId } };
+    case "EN_ROUTE":
+      return { case: "enRoute", value: { driverId } };
+    case "DELIVERED":
+      return { case: "delivered", value: { driverId } };
+    case "CANCELLED":
+      if (req.command === "reject") return { case: "rejected", value: { reason } };
+      return {
+        case: "cancelled",
+        value: {
+          reason,
+          previousStatus: OrderStatus[d.from],
+          fee: { amountMinor: BigInt(d.feeMinor), currency: row.currency },
+          releasedDriverId: d.releaseDriverId ?? "",
+        },
+      };
+    default:
+      throw new Error(`no event for entering ${status}`);
+  }
+}
+
+function buildEvent(order: Order, seq: number, actor: ActorRef, at: Date, payload: Payload): Event {
+  return create(EventSchema, {
+    eventId: `${order.id}-${seq}`,
+    orderId: order.id,
+    sequence: BigInt(seq),
+    occurredAt: timestampFromDate(at),
+    actor: actorProto(actor),
+    order: create(OrderSchema, { ...order, timeline: [] }),
+    payload,
+  });
+}
+
+const PAYLOAD_FIELD_NAMES = new Map(EventSchema.fields.map((f) => [f.localName, f.name]));
+
+/** The outbox event_type of an event: its payload case as named in the proto (e.g. "placed", "driver_assigned"). */
+export function eventType(e: Event): string {
+  return (e.payload.case && PAYLOAD_FIELD_NAMES.get(e.payload.case)) ?? "unknown";
+}
+
+async function writeOutbox(trx: Transaction<OrderDatabase>, events: Event[]): Promise<void> {
+  if (events.length === 0) return;
+  await trx
+    .insertInto("outbox")
+    .values(
+      events.map((e) => ({
+        stream: ORDER_EVENTS_STREAM,
+        event_type: eventType(e),
+        event_key: e.orderId,
+        event_id: e.eventId,
+        // pg sends a Buffer as bytea; a bare Uint8Array would be serialized as JSON.
+        payload: Buffer.from(toBinary(EventSchema, e)),
+        published_at: null,
+      })),
+    )
+    .execute();
+}
+
+function denial(d: Extract<Decision, { kind: "deny" }>): Error {
+  switch (d.code) {
+    case "NOT_FOUND":
+      return new NotFoundError(d.message);
+    case "PERMISSION_DENIED":
+      return new PermissionError(d.message);
+    case "FAILED_PRECONDITION":
+      return new PreconditionError(d.message);
+  }
+}
+
+function isUniqueViolation(err: unknown, constraint: string): boolean {
+  const e = err as { code?: string; constraint?: string; message?: string } | undefined;
+  if (!e || e.code !== "23505") return false;
+  return e.constraint === constraint || (e.message ?? "").includes(constraint);
+}
