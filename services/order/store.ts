@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { create, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { sql, type Kysely, type Transaction } from "kysely";
@@ -93,13 +94,32 @@ export interface OrderStoreOptions {
 }
 
 class KeyTaken extends Error {}
+
+/**
+ * Order ids that sort by creation time within a process (ms timestamp, a per-ms counter, then
+ * randomness), so the (created_at, id) keyset lists orders placed in the same millisecond in
+ * placement order.
+ */
+function timeOrderedId(): () => string {
+  let lastMs = 0;
+  let seq = 0;
+  return () => {
+    const now = Date.now();
+    if (now === lastMs) seq++;
+    else {
+      lastMs = now;
+      seq = 0;
+    }
+    return `ord_${now.toString(36).padStart(9, "0")}${seq.toString(36).padStart(3, "0")}${randomBytes(6).toString("hex")}`;
+  };
+}
 class CasLost extends Error {}
 
 export function createOrderStore(opts: OrderStoreOptions): OrderStore {
   const db = opts.db.kysely as Kysely<OrderDatabase>;
   const policy = opts.policy;
   const committed = () => opts.onCommit?.();
-  const newId = opts.newId ?? (() => `ord_${crypto.randomUUID().replace(/-/g, "")}`);
+  const newId = opts.newId ?? timeOrderedId();
 
   async function readRow(id: string): Promise<OrderRow | undefined> {
     return db.selectFrom("orders").selectAll().where("id", "=", id).executeTakeFirst();
