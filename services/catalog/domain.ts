@@ -153,9 +153,13 @@ export function hoursProblem(hours: Hours[]): string | undefined {
 // ---------------------------------------------------------------------------------------------
 // Geometry.
 
-const EARTH_RADIUS_KM = 6371.0088;
+/**
+ * The radius earthdistance's earth() uses (6378168 m), so distances computed here and the
+ * radius filter in SQL agree to the metre (the mean radius, 6371 km, is 0.1% smaller).
+ */
+export const EARTH_RADIUS_KM = 6378.168;
 
-/** Great-circle distance in km (haversine, mean Earth radius). */
+/** Great-circle distance in km (haversine). */
 export function haversineKm(a: { lat: number; lng: number }, b: { lat: number; lng: number }): number {
   const rad = Math.PI / 180;
   const dLat = (b.lat - a.lat) * rad;

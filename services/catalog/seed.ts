@@ -14,12 +14,20 @@ export interface City {
   /** Fixed local-time offset from UTC in minutes (see domain.RestaurantInfo.utcOffsetMinutes). */
   utcOffsetMinutes: number;
   currency: string;
-  /** Restaurants are spread around the centre up to this many km, denser near the centre. */
-  spreadKm: number;
+  /**
+   * Restaurants are spread evenly by area over a disc of this radius in km. Undefined scales it
+   * with the count for an even ~25 restaurants per km² (50,000 over a 25 km metro; 200 within 3 km).
+   */
+  spreadKm?: number;
 }
 
 /** Bengaluru-like demo city (MG Road), IST = UTC+05:30, no DST. Prices in USD to match the default order config. */
-export const DEMO_CITY: City = Object.freeze({ name: "bengaluru", lat: 12.9716, lng: 77.5946, utcOffsetMinutes: 330, currency: "USD", spreadKm: 18 });
+export const DEMO_CITY: City = Object.freeze({ name: "bengaluru", lat: 12.9716, lng: 77.5946, utcOffsetMinutes: 330, currency: "USD" });
+
+/** Disc radius for n restaurants at ~25 per km², at least 3 km. */
+export function spreadFor(n: number): number {
+  return Math.max(3, 25 * Math.sqrt(n / 50_000));
+}
 
 /** mulberry32: tiny, fast, good enough for test data; the same seed gives the same sequence. */
 export function mulberry32(seed: number): () => number {
@@ -209,31 +217,36 @@ const EXTRAS: Array<[string, number]> = [["Extra cheese", 99], ["Extra sauce", 4
 
 export interface GenerateOptions {
   seed: number;
+  /** Size of the whole city (sets the spread when the city has none). */
   restaurants: number;
   city?: City;
-  /** Index of the first restaurant (for generating a city in chunks). */
+  /** Index of the first restaurant to generate (for generating a city in chunks); default 0. */
   start?: number;
+  /** How many to generate from start; default all the rest. */
+  count?: number;
 }
 
-/** Generates restaurants [start, start+count) of the city for a seed; each restaurant depends only on (seed, index). */
+/** Generates restaurants [start, start+count) of a city; each depends only on (seed, city size, index). */
 export function generateRestaurants(opts: GenerateOptions): NewRestaurant[] {
   const city = opts.city ?? DEMO_CITY;
+  const spreadKm = city.spreadKm ?? spreadFor(opts.restaurants);
   const start = opts.start ?? 0;
+  const end = Math.min(opts.restaurants, start + (opts.count ?? opts.restaurants));
   const out: NewRestaurant[] = [];
-  for (let i = start; i < start + opts.restaurants; i++) out.push(generateRestaurant(opts.seed, i, city));
+  for (let i = start; i < end; i++) out.push(generateRestaurant(opts.seed, i, city, spreadKm));
   return out;
 }
 
-function generateRestaurant(seed: number, index: number, city: City): NewRestaurant {
+function generateRestaurant(seed: number, index: number, city: City, spreadKm: number): NewRestaurant {
   // Per-restaurant stream: chunked generation gives the same data as one pass.
   const rng = mulberry32(hash32(seed, index));
   const spec = pick(rng, CUISINES);
   const id = `rst-${seed}-${index}`;
   const name = pick(rng, spec.names) + pick(rng, BRANCHES);
 
-  // Location: bearing uniform, distance skewed to the centre (sqrt of a squared uniform ~ denser core).
+  // Location: uniform over the disc (sqrt of a uniform distance), so density is even.
   const bearing = rng() * 2 * Math.PI;
-  const distKm = city.spreadKm * rng() ** 1.3;
+  const distKm = spreadKm * Math.sqrt(rng());
   const lat = city.lat + (distKm / 111.32) * Math.cos(bearing);
   const lng = city.lng + (distKm / (111.32 * Math.cos((city.lat * Math.PI) / 180))) * Math.sin(bearing);
 
@@ -372,7 +385,7 @@ export async function seedCity(db: Db, opts: SeedOptions): Promise<SeedSummary> 
   const batch = opts.batch ?? 250;
   const sum: SeedSummary = { seed: opts.seed, city: (opts.city ?? DEMO_CITY).name, restaurants: 0, categories: 0, items: 0, groups: 0, options: 0, seconds: 0 };
   for (let start = 0; start < opts.restaurants; start += batch) {
-    const rs = generateRestaurants({ seed: opts.seed, restaurants: Math.min(batch, opts.restaurants - start), start, city: opts.city });
+    const rs = generateRestaurants({ seed: opts.seed, restaurants: opts.restaurants, start, count: batch, city: opts.city });
     const c = await store.insertRestaurants(rs);
     sum.restaurants += c.restaurants;
     sum.categories += c.categories;
@@ -381,6 +394,7 @@ export async function seedCity(db: Db, opts: SeedOptions): Promise<SeedSummary> 
     sum.options += c.options;
     opts.onProgress?.(sum.restaurants, opts.restaurants);
   }
+  await store.analyze();
   sum.seconds = Math.round((performance.now() - started) / 10) / 100;
   return sum;
 }

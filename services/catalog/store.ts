@@ -2,7 +2,9 @@ import { sql, type Kysely, type Transaction } from "kysely";
 import type { Db } from "../platform/db.js";
 import type { CatalogTables, GroupRow, HoursJson, ItemRow, OptionRow, RestaurantRow } from "./db/tables.js";
 import {
+  EARTH_RADIUS_KM,
   MINUTES_PER_WEEK,
+  haversineKm,
   W_DISTANCE,
   W_POPULARITY,
   W_RATING,
@@ -64,9 +66,13 @@ export interface CatalogStore {
   insertRestaurants(rs: NewRestaurant[]): Promise<{ restaurants: number; categories: number; items: number; groups: number; options: number }>;
   /** Removes every catalog row (seed --reset, tests). */
   deleteAll(): Promise<void>;
+  /** Refreshes planner statistics after a bulk load (the geo and trigram indexes need them to be chosen). */
+  analyze(): Promise<void>;
 }
 
 type K = Kysely<CatalogTables>;
+
+const EARTH_RADIUS_M = EARTH_RADIUS_KM * 1000;
 
 /** Rows per INSERT statement in bulk loads (unnest of column arrays: few parameters, fast to parse). */
 const BULK_ROWS = 2000;
@@ -109,13 +115,16 @@ export function createCatalogStore(db: Db): CatalogStore {
     async search(q) {
       const radiusM = q.radiusKm * 1000;
       const point = sql`ll_to_earth(${q.lat}::float8, ${q.lng}::float8)`;
-      const dist = sql`earth_distance(ll_to_earth(r.lat, r.lng), ${point})`;
+      // Straight-line (chord) distance in metres: cube_distance is plain C, unlike the SQL
+      // function earth_distance; within 50 km chord and arc differ by less than 1e-5 relative.
+      // The radius test converts the arc radius to its chord exactly.
+      const chord = sql`cube_distance(r.geo, ${point})`;
       const text = q.query ? sql`word_similarity(${q.query}::text, r.search_text)` : sql`0`;
       const where = [
-        // Index-driven prefilter: the GiST index on ll_to_earth(lat, lng) answers the box; the box
-        // only needs to reach as far as the widest delivery radius (nobody farther delivers here).
-        sql`earth_box(${point}, LEAST(${radiusM}::float8, (SELECT max(delivery_radius_km) FROM catalog_restaurants) * 1000)) @> ll_to_earth(r.lat, r.lng)`,
-        sql`${dist} <= LEAST(${radiusM}::float8, r.delivery_radius_km * 1000)`,
+        // Index-driven prefilter: the GiST index on geo answers the box; the box only needs to
+        // reach as far as the widest delivery radius (nobody farther delivers here).
+        sql`earth_box(${point}, LEAST(${radiusM}::float8, (SELECT max(delivery_radius_km) FROM catalog_restaurants) * 1000)) @> r.geo`,
+        sql`${chord} <= ${2 * EARTH_RADIUS_M}::float8 * sin(LEAST(${radiusM}::float8, r.delivery_radius_km * 1000) / ${2 * EARTH_RADIUS_M}::float8)`,
       ];
       if (q.query) where.push(sql`r.search_text %> ${q.query}::text`);
       if (q.cuisines.length > 0) where.push(sql`r.cuisines && ${q.cuisines}::text[]`);
@@ -124,14 +133,20 @@ export function createCatalogStore(db: Db): CatalogStore {
         const m = utcWeekMinute(q.now);
         where.push(sql`r.is_open AND r.open_week @> (((${m}::int + r.utc_offset_minutes) % ${MINUTES_PER_WEEK} + ${MINUTES_PER_WEEK}) % ${MINUTES_PER_WEEK})`);
       }
-      const score = sql`(${W_DISTANCE}::float8 * GREATEST(0, 1 - ${dist} / ${radiusM}::float8)
+      const score = sql`(${W_DISTANCE}::float8 * GREATEST(0, 1 - ${chord} / ${radiusM}::float8)
         + ${W_RATING}::float8 * (r.rating / 5) + ${W_POPULARITY}::float8 * r.popularity + ${W_TEXT}::float8 * ${text})`;
-      const query = sql<RestaurantRow & { dist_m: number; score: number }>`
-        SELECT ${sql.join(RESTAURANT_COLUMNS.map((c) => sql.ref(`r.${c}`)))}, ${dist} AS dist_m, ${score} AS score
-        FROM catalog_restaurants r
-        WHERE ${sql.join(where, sql` AND `)}
-        ORDER BY score DESC, r.id
-        LIMIT ${q.limit} OFFSET ${q.offset}`;
+      // Rank over the narrow columns (index-only for geo-only searches), then fetch the page's rows.
+      const query = sql<RestaurantRow & { chord_m: number; score: number }>`
+        SELECT ${sql.join(RESTAURANT_COLUMNS.map((c) => sql.ref(`x.${c}`)))}, top.chord_m, top.score
+        FROM (
+          SELECT r.id, ${chord} AS chord_m, ${score} AS score
+          FROM catalog_restaurants r
+          WHERE ${sql.join(where, sql` AND `)}
+          ORDER BY score DESC, r.id
+          LIMIT ${q.limit} OFFSET ${q.offset}
+        ) top
+        JOIN catalog_restaurants x ON x.id = top.id
+        ORDER BY top.score DESC, top.id`;
       const run = async (exec: K | Transaction<CatalogTables>) => (await query.execute(exec)).rows;
       const rows = q.query
         ? await k.transaction().execute(async (trx) => {
@@ -140,7 +155,11 @@ export function createCatalogStore(db: Db): CatalogStore {
             return run(trx);
           })
         : await run(k);
-      return rows.map((r) => ({ restaurant: toRestaurant(r as RestaurantRow), distanceKm: Number(r.dist_m) / 1000, score: Number(r.score) }));
+      return rows.map((r) => {
+        const restaurant = toRestaurant(r as RestaurantRow);
+        // Reported distance: the same haversine PriceCart uses, so search and checkout agree.
+        return { restaurant, distanceKm: haversineKm(restaurant, q), score: Number(r.score) };
+      });
     },
 
     async getRestaurant(id) {
@@ -230,10 +249,10 @@ export function createCatalogStore(db: Db): CatalogStore {
           const col = <T>(f: (r: NewRestaurant) => T) => chunk.map(f);
           await sql`
             INSERT INTO catalog_restaurants (id, name, description, address, city, utc_offset_minutes, lat, lng, cuisines, rating,
-              rating_count, price_level, hours, open_week, is_open, delivery_radius_km, avg_prep_minutes, popularity, currency, search_text)
+              rating_count, price_level, hours, open_week, is_open, geo, delivery_radius_km, avg_prep_minutes, popularity, currency, search_text)
             SELECT u.id, u.name, u.description, u.address, u.city, u.utc_offset_minutes, u.lat, u.lng,
               string_to_array(u.cuisines, ','), u.rating, u.rating_count, u.price_level, u.hours::jsonb, u.open_week::int4multirange,
-              u.is_open, u.delivery_radius_km, u.avg_prep_minutes, u.popularity, u.currency, u.search_text
+              u.is_open, ll_to_earth(u.lat, u.lng), u.delivery_radius_km, u.avg_prep_minutes, u.popularity, u.currency, u.search_text
             FROM unnest(${col((r) => r.id)}::text[], ${col((r) => r.name)}::text[], ${col((r) => r.description)}::text[],
               ${col((r) => r.address)}::text[], ${col((r) => r.city)}::text[], ${col((r) => r.utcOffsetMinutes)}::int[],
               ${col((r) => r.lat)}::float8[], ${col((r) => r.lng)}::float8[], ${col((r) => r.cuisines.join(","))}::text[],
@@ -265,6 +284,12 @@ export function createCatalogStore(db: Db): CatalogStore {
         }
       });
       return counts;
+    },
+
+    async analyze() {
+      // VACUUM also sets the visibility map, which the index-only geo scan needs.
+      await sql`VACUUM ANALYZE catalog_restaurants`.execute(k);
+      await sql`ANALYZE catalog_categories, catalog_items, catalog_groups, catalog_options`.execute(k);
     },
 
     async deleteAll() {

@@ -11,6 +11,8 @@ export interface RestaurantsTable {
   utc_offset_minutes: number;
   lat: number;
   lng: number;
+  /** ll_to_earth(lat, lng), written by the store; never read back. */
+  geo: string;
   cuisines: string[];
   rating: number;
   rating_count: number;
