@@ -1,0 +1,429 @@
+import * as grpc from "@grpc/grpc-js";
+import { create, fromBinary, toBinary, type DescMessage, type DescMethod, type DescService, type MessageShape } from "@bufbuild/protobuf";
+import {
+  Code,
+  ConnectError,
+  createContextValues,
+  createHandlerContext,
+  decodeBinaryHeader,
+  encodeBinaryHeader,
+  type HandlerContext,
+  type Interceptor,
+  type ServiceImpl,
+  type StreamRequest,
+  type StreamResponse,
+  type UnaryRequest,
+  type UnaryResponse,
+} from "@connectrpc/connect";
+import type { Readable } from "node:stream";
+import { toConnectError } from "./errors.js";
+import type { Logger } from "./logger.js";
+import type { CallTracker } from "./host.js";
+
+export interface MountOptions {
+  /** The same Connect interceptor chain the web router runs (first = outermost). */
+  interceptors: Interceptor[];
+  logger: Logger;
+  /** Largest accepted request message; enforced by the server option grpc.max_receive_message_length. */
+  maxMessageBytes: number;
+  tracker: CallTracker;
+}
+
+/** grpc-js server options that enforce the message limit on the gRPC port (RESOURCE_EXHAUSTED). */
+export function grpcServerOptions(maxMessageBytes: number): grpc.ServerOptions {
+  return {
+    "grpc.max_receive_message_length": maxMessageBytes,
+    "grpc.max_send_message_length": -1,
+  };
+}
+
+type AnyImpl = (input: unknown, ctx: HandlerContext) => unknown;
+type AnyFn = (req: UnaryRequest | StreamRequest) => Promise<UnaryResponse | StreamResponse>;
+type ServerCall =
+  | grpc.ServerUnaryCall<unknown, unknown>
+  | grpc.ServerReadableStream<unknown, unknown>
+  | grpc.ServerWritableStream<unknown, unknown>
+  | grpc.ServerDuplexStream<unknown, unknown>;
+
+/**
+ * Mounts a Connect service implementation on a grpc-js server: one grpc-js handler per method
+ * of desc, running the same interceptors as the Connect router, with headers, deadlines,
+ * cancellation, errors and backpressure translated between the two worlds.
+ */
+export function mountService(
+  server: grpc.Server,
+  desc: DescService,
+  impl: Partial<ServiceImpl<DescService>>,
+  opts: MountOptions,
+): void {
+  const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  const handlers: grpc.UntypedServiceImplementation = {};
+  for (const method of desc.methods) {
+    definition[method.localName] = methodDefinition(desc, method);
+    const fn = (impl as Record<string, unknown>)[method.localName];
+    const methodImpl: AnyImpl =
+      typeof fn == "function"
+        ? (fn.bind(impl) as AnyImpl)
+        : () => {
+            throw new ConnectError(`${desc.typeName}.${method.name} is not implemented`, Code.Unimplemented);
+          };
+    handlers[method.localName] = createHandler(desc, method, methodImpl, opts);
+  }
+  server.addService(definition as grpc.ServiceDefinition, handlers);
+}
+
+function methodDefinition(desc: DescService, method: DescMethod): grpc.MethodDefinition<unknown, unknown> {
+  const input = method.input;
+  const output = method.output;
+  return {
+    path: `/${desc.typeName}/${method.name}`,
+    originalName: method.localName,
+    requestStream: method.methodKind == "client_streaming" || method.methodKind == "bidi_streaming",
+    responseStream: method.methodKind == "server_streaming" || method.methodKind == "bidi_streaming",
+    requestSerialize: (m: unknown) => Buffer.from(toBinary(input, create(input, m as MessageShape<DescMessage>))),
+    requestDeserialize: (b: Buffer) => fromBinary(input, b),
+    responseSerialize: (m: unknown) => Buffer.from(toBinary(output, create(output, m as MessageShape<DescMessage>))),
+    responseDeserialize: (b: Buffer) => fromBinary(output, b),
+  };
+}
+
+/** Reserved HTTP/2 and gRPC headers a handler must not copy into metadata. */
+function isReservedHeader(key: string): boolean {
+  return (
+    key.startsWith(":") ||
+    key.startsWith("grpc-") ||
+    key == "content-type" ||
+    key == "te" ||
+    key == "connection" ||
+    key == "transfer-encoding" ||
+    key == "user-agent"
+  );
+}
+
+/** grpc metadata -> Fetch Headers; binary (-bin) values become base64 as on the gRPC wire. */
+export function metadataToHeaders(md: grpc.Metadata): Headers {
+  const headers = new Headers();
+  for (const [key, values] of Object.entries(md.toJSON())) {
+    for (const v of values) {
+      try {
+        headers.append(key, typeof v == "string" ? v : encodeBinaryHeader(v));
+      } catch {
+        // A value Headers refuses (control characters) cannot reach a handler; drop it.
+      }
+    }
+  }
+  return headers;
+}
+
+/** Fetch Headers -> grpc metadata; -bin values are base64-decoded. */
+export function headersToMetadata(headers: Headers): grpc.Metadata {
+  const md = new grpc.Metadata();
+  headers.forEach((value, key) => {
+    if (isReservedHeader(key)) return;
+    try {
+      if (key.endsWith("-bin")) {
+        for (const part of value.split(",")) md.add(key, Buffer.from(decodeBinaryHeader(part.trim())));
+      } else {
+        md.add(key, value);
+      }
+    } catch {
+      // Invalid metadata keys or values are dropped rather than failing the call.
+    }
+  });
+  return md;
+}
+
+function timeoutOf(call: ServerCall): number | undefined {
+  const deadline = call.getDeadline();
+  const at = deadline instanceof Date ? deadline.getTime() : deadline;
+  if (!Number.isFinite(at)) return undefined;
+  return Math.max(0, at - Date.now());
+}
+
+/** Abortable, backpressure-respecting view of a grpc-js readable stream of request messages. */
+function requestMessages(stream: Readable, signal: AbortSignal): AsyncIterable<unknown> {
+  return {
+    [Symbol.asyncIterator]() {
+      let ended = false;
+      let failure: unknown;
+      let wake: (() => void) | undefined;
+      const notify = () => {
+        const w = wake;
+        wake = undefined;
+        w?.();
+      };
+      const onEnd = () => {
+        ended = true;
+        notify();
+      };
+      const onError = (err: unknown) => {
+        failure = err;
+        notify();
+      };
+      stream.on("readable", notify);
+      stream.on("end", onEnd);
+      stream.on("error", onError);
+      signal.addEventListener("abort", notify);
+      const cleanup = () => {
+        stream.off("readable", notify);
+        stream.off("end", onEnd);
+        stream.off("error", onError);
+        signal.removeEventListener("abort", notify);
+      };
+      return {
+        async next(): Promise<IteratorResult<unknown>> {
+          for (;;) {
+            if (signal.aborted) {
+              cleanup();
+              throw ConnectError.from(signal.reason, Code.Canceled);
+            }
+            // read() pulls one message and lets grpc-js ask the peer for the next one only
+            // when the buffer drains: that is the backpressure.
+            const value: unknown = stream.read();
+            if (value !== null) return { value, done: false };
+            if (ended || stream.readableEnded) {
+              cleanup();
+              return { value: undefined, done: true };
+            }
+            if (failure !== undefined || stream.destroyed) {
+              cleanup();
+              throw ConnectError.from(failure ?? signal.reason, Code.Canceled);
+            }
+            await new Promise<void>((resolve) => (wake = resolve));
+          }
+        },
+        async return(): Promise<IteratorResult<unknown>> {
+          cleanup();
+          return { value: undefined, done: true };
+        },
+      };
+    },
+  };
+}
+
+async function* single<T>(value: T): AsyncIterable<T> {
+  yield value;
+}
+
+async function first<T>(iterable: AsyncIterable<T>, what: string): Promise<T> {
+  for await (const v of iterable) return v;
+  throw new ConnectError(`protocol error: missing input message for ${what} method`, Code.Unimplemented);
+}
+
+function copyHeaders(from: Headers, to: Headers): void {
+  if (from === to) return;
+  for (const key of [...to.keys()]) to.delete(key);
+  from.forEach((value, key) => to.set(key, value));
+}
+
+/** Interceptors wrap in array order: the first one is the outermost, as in connect-es. */
+function applyInterceptors(fn: AnyFn, interceptors: Interceptor[]): AnyFn {
+  return interceptors.reduceRight<AnyFn>((next, interceptor) => interceptor(next) as AnyFn, fn);
+}
+
+function createHandler(desc: DescService, method: DescMethod, impl: AnyImpl, opts: MountOptions): grpc.UntypedHandleCall {
+  const { logger, tracker } = opts;
+  const kind = method.methodKind;
+  const path = `/${desc.typeName}/${method.name}`;
+  const output = method.output;
+
+  return (call: ServerCall, callback?: grpc.sendUnaryData<unknown>) => {
+    const done = tracker.begin(kind == "unary" ? "unary" : "stream");
+    const cancel = new AbortController();
+    const ctx = createHandlerContext({
+      service: desc,
+      method,
+      protocolName: "grpc",
+      requestMethod: "POST",
+      url: path,
+      timeoutMs: timeoutOf(call),
+      requestSignal: cancel.signal,
+      requestHeader: metadataToHeaders(call.metadata),
+      contextValues: createContextValues(),
+    });
+    let finished = false;
+    const finish = () => {
+      if (finished) return;
+      finished = true;
+      ctx.abort(new ConnectError("call completed", Code.Canceled));
+      done();
+    };
+    (call as NodeJS.EventEmitter).on("cancelled", () => {
+      // grpc-js ends a call whose deadline passed itself, which reaches us as a cancellation
+      // a moment before our own deadline timer fires.
+      const left = ctx.timeoutMs();
+      cancel.abort(
+        left !== undefined && left <= 20
+          ? new ConnectError("the operation timed out", Code.DeadlineExceeded)
+          : new ConnectError("call cancelled by the client", Code.Canceled),
+      );
+      finish();
+    });
+
+    // The handler's view of the call: headers and signal may be replaced by interceptors.
+    const merge = (req: UnaryRequest | StreamRequest): HandlerContext => ({
+      ...ctx,
+      service: req.service,
+      requestHeader: req.header,
+      signal: req.signal,
+      values: req.contextValues,
+    });
+    const common = {
+      service: desc,
+      requestMethod: "POST",
+      url: path,
+      signal: ctx.signal,
+      header: ctx.requestHeader,
+      contextValues: ctx.values,
+    };
+    const responseCommon = { service: desc, header: ctx.responseHeader, trailer: ctx.responseTrailer };
+
+    const status = (err: unknown): grpc.StatusObject => {
+      // When the deadline passed or the client cancelled, whatever the handler threw as a
+      // consequence (an AbortError, say) is reported as that cause.
+      const reason = !(err instanceof ConnectError) && ctx.signal.aborted ? ctx.signal.reason : err;
+      const { error, internal } = toConnectError(reason);
+      if (internal !== undefined) logger.error({ err: internal, rpc: path }, "internal error in handler");
+      const md = headersToMetadata(ctx.responseTrailer);
+      mergeMetadata(md, headersToMetadata(error.metadata));
+      return { code: error.code as number as grpc.status, details: error.rawMessage, metadata: md };
+    };
+
+    let headersSent = false;
+    const sendHeaders = () => {
+      if (headersSent) return;
+      headersSent = true;
+      const md = headersToMetadata(ctx.responseHeader);
+      if (Object.keys(md.toJSON()).length) call.sendMetadata(md);
+    };
+
+    if (kind == "unary") {
+      const c = call as grpc.ServerUnaryCall<unknown, unknown>;
+      const anyFn: AnyFn = async (req) => {
+        const out = await impl((req as UnaryRequest).message, merge(req));
+        return { ...responseCommon, stream: false, method, message: create(output, out as never) } as UnaryResponse;
+      };
+      const next = applyInterceptors(anyFn, opts.interceptors);
+      next({ ...common, stream: false, method, message: c.request } as UnaryRequest)
+        .then((res) => {
+          copyHeaders(res.header, ctx.responseHeader);
+          copyHeaders(res.trailer, ctx.responseTrailer);
+          if (finished) return;
+          sendHeaders();
+          callback!(null, (res as UnaryResponse).message, headersToMetadata(ctx.responseTrailer));
+        })
+        .catch((err: unknown) => {
+          const s = status(err);
+          if (finished) return;
+          sendHeaders();
+          callback!({ code: s.code, details: s.details, metadata: s.metadata });
+        })
+        .finally(finish);
+      return;
+    }
+
+    if (kind == "client_streaming") {
+      const c = call as grpc.ServerReadableStream<unknown, unknown>;
+      const anyFn: AnyFn = async (req) => {
+        const out = await impl((req as StreamRequest).message, merge(req));
+        return { ...responseCommon, stream: true, method, message: single(create(output, out as never)) } as StreamResponse;
+      };
+      const next = applyInterceptors(anyFn, opts.interceptors);
+      const input = requestMessages(c, ctx.signal);
+      (async () => {
+        const res = await next({ ...common, stream: true, method, message: input } as StreamRequest);
+        copyHeaders(res.header, ctx.responseHeader);
+        const message = await first(res.message as AsyncIterable<unknown>, "client-streaming");
+        copyHeaders(res.trailer, ctx.responseTrailer);
+        return message;
+      })()
+        .then((message) => {
+          if (finished) return;
+          sendHeaders();
+          callback!(null, message, headersToMetadata(ctx.responseTrailer));
+        })
+        .catch((err: unknown) => {
+          const s = status(err);
+          if (finished) return;
+          sendHeaders();
+          callback!({ code: s.code, details: s.details, metadata: s.metadata });
+        })
+        .finally(finish);
+      return;
+    }
+
+    // Server streaming and bidi: the response is written with backpressure.
+    const c = call as grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>;
+    const input: AsyncIterable<unknown> =
+      kind == "server_streaming"
+        ? single((c as grpc.ServerWritableStream<unknown, unknown>).request)
+        : requestMessages(c as grpc.ServerDuplexStream<unknown, unknown>, ctx.signal);
+    const anyFn: AnyFn = async (req) => {
+      const merged = merge(req);
+      const reqs = (req as StreamRequest).message;
+      const out =
+        kind == "server_streaming"
+          ? impl(await first(reqs, "server-streaming"), merged)
+          : impl(reqs, merged);
+      return { ...responseCommon, stream: true, method, message: out as AsyncIterable<unknown> } as StreamResponse;
+    };
+    const next = applyInterceptors(anyFn, opts.interceptors);
+    (async () => {
+      const res = await next({ ...common, stream: true, method, message: input } as StreamRequest);
+      copyHeaders(res.header, ctx.responseHeader);
+      for await (const out of res.message as AsyncIterable<unknown>) {
+        if (finished || c.cancelled || c.destroyed) break;
+        sendHeaders();
+        if (!c.write(create(output, out as never))) await drained(c, ctx.signal);
+      }
+      copyHeaders(res.trailer, ctx.responseTrailer);
+    })()
+      .then(() => {
+        if (finished || c.cancelled || c.destroyed) return;
+        if (ctx.signal.aborted) throw ctx.signal.reason;
+        sendHeaders();
+        c.end(headersToMetadata(ctx.responseTrailer));
+      })
+      .catch((err: unknown) => {
+        const s = status(err);
+        if (finished || c.cancelled || c.destroyed) return;
+        sendHeaders();
+        c.emit("error", { code: s.code, details: s.details, metadata: s.metadata });
+      })
+      .finally(() => {
+        if (finished) return;
+        // Release the call only once grpc-js has sent the status.
+        if (c.writableFinished || c.destroyed) finish();
+        else {
+          c.once("finish", finish);
+          c.once("close", finish);
+          ctx.signal.addEventListener("abort", finish, { once: true });
+        }
+      });
+  };
+}
+
+function mergeMetadata(into: grpc.Metadata, from: grpc.Metadata): void {
+  for (const [key, values] of Object.entries(from.toJSON())) {
+    if (into.get(key).length) continue;
+    for (const v of values) into.add(key, v);
+  }
+}
+
+/** Waits for 'drain' (the peer read enough) or for the call to end. */
+function drained(stream: NodeJS.EventEmitter & { destroyed: boolean }, signal: AbortSignal): Promise<void> {
+  if (signal.aborted || stream.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    const settle = () => {
+      stream.off("drain", settle);
+      stream.off("close", settle);
+      stream.off("cancelled", settle);
+      signal.removeEventListener("abort", settle);
+      resolve();
+    };
+    stream.on("drain", settle);
+    stream.on("close", settle);
+    stream.on("cancelled", settle);
+    signal.addEventListener("abort", settle);
+  });
+}
