@@ -1,11 +1,12 @@
 import { hostname } from "node:os";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
-import { createClient, type Client, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { ConnectError, createClient, type Client, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { CatalogService } from "../../gen/dabba/catalog/v1/catalog_service_pb.js";
 import { EventSchema } from "../../gen/dabba/events/v1/events_pb.js";
 import { OrderSchema } from "../../gen/dabba/order/v1/order_pb.js";
 import { OrderService } from "../../gen/dabba/order/v1/order_service_pb.js";
-import { DomainError, toConnectError } from "../platform/errors.js";
+import { toConnectError } from "../platform/errors.js";
+import type { Logger } from "../platform/logger.js";
 import { createConsumer, createOutboxRelay, type Consumer, type OutboxRelay } from "../platform/outbox.js";
 import type { StreamEntry } from "../platform/redis.js";
 import type { ServiceDeps, ServiceModule } from "../platform/service.js";
@@ -56,22 +57,23 @@ export function createOrderService(deps: ServiceDeps): ServiceModule {
     handle: (e) => publishToFeed(deps, e),
   });
 
+  const { unary, serverStream } = errorMapper(logger);
   const impl: ServiceImpl<typeof OrderService> = {
-      quoteOrder: unary(quoteOrder(h)),
-      placeOrder: unary(placeOrder(h)),
-      getOrder: unary(getOrder(h)),
-      listOrders: unary(listOrders(h)),
-      acceptOrder: unary(acceptOrder(h)),
-      rejectOrder: unary(rejectOrder(h)),
-      startPreparing: unary(startPreparing(h)),
-      markReady: unary(markReady(h)),
-      confirmPickup: unary(confirmPickup(h)),
-      markEnRoute: unary(markEnRoute(h)),
-      confirmDelivery: unary(confirmDelivery(h)),
-      cancelOrder: unary(cancelOrder(h)),
-      assignDriver: unary(assignDriver(h)),
-      unassignDriver: unary(unassignDriver(h)),
-      watchRestaurantOrders: serverStream(watchRestaurantOrders(h)),
+    quoteOrder: unary("QuoteOrder", quoteOrder(h)),
+    placeOrder: unary("PlaceOrder", placeOrder(h)),
+    getOrder: unary("GetOrder", getOrder(h)),
+    listOrders: unary("ListOrders", listOrders(h)),
+    acceptOrder: unary("AcceptOrder", acceptOrder(h)),
+    rejectOrder: unary("RejectOrder", rejectOrder(h)),
+    startPreparing: unary("StartPreparing", startPreparing(h)),
+    markReady: unary("MarkReady", markReady(h)),
+    confirmPickup: unary("ConfirmPickup", confirmPickup(h)),
+    markEnRoute: unary("MarkEnRoute", markEnRoute(h)),
+    confirmDelivery: unary("ConfirmDelivery", confirmDelivery(h)),
+    cancelOrder: unary("CancelOrder", cancelOrder(h)),
+    assignDriver: unary("AssignDriver", assignDriver(h)),
+    unassignDriver: unary("UnassignDriver", unassignDriver(h)),
+    watchRestaurantOrders: serverStream("WatchRestaurantOrders", watchRestaurantOrders(h)),
   };
 
   return {
@@ -97,28 +99,33 @@ async function publishToFeed(deps: ServiceDeps, e: StreamEntry): Promise<void> {
   await deps.redis.channels.publish(restaurantChannel(ev.order.restaurantId), toBinary(OrderSchema, ev.order));
 }
 
-// Domain errors thrown by the store and handlers become their gRPC codes here, so the service
-// answers the same over the host and over a bare router transport.
-function mapError(err: unknown): unknown {
-  return err instanceof DomainError ? toConnectError(err).error : err;
-}
-
-function unary<I, O>(fn: (req: I, ctx: HandlerContext) => Promise<O>): (req: I, ctx: HandlerContext) => Promise<O> {
-  return async (req, ctx) => {
-    try {
-      return await fn(req, ctx);
-    } catch (err) {
-      throw mapError(err);
-    }
+// Errors thrown by the store and handlers become their gRPC codes here, in one place, so the
+// service answers the same over the host and over a bare router transport; anything unexpected
+// is INTERNAL with the cause logged, never sent.
+function errorMapper(logger: Logger) {
+  const mapError = (err: unknown, rpc: string): ConnectError => {
+    const { error, internal } = toConnectError(err);
+    if (internal !== undefined) logger.error({ err: internal, rpc }, "order handler failed");
+    return error;
   };
-}
-
-function serverStream<I, O>(fn: (req: I, ctx: HandlerContext) => AsyncGenerator<O>): (req: I, ctx: HandlerContext) => AsyncGenerator<O> {
-  return async function* (req, ctx) {
-    try {
-      yield* fn(req, ctx);
-    } catch (err) {
-      throw mapError(err);
-    }
+  return {
+    unary<I, O>(rpc: string, fn: (req: I, ctx: HandlerContext) => Promise<O>): (req: I, ctx: HandlerContext) => Promise<O> {
+      return async (req, ctx) => {
+        try {
+          return await fn(req, ctx);
+        } catch (err) {
+          throw mapError(err, rpc);
+        }
+      };
+    },
+    serverStream<I, O>(rpc: string, fn: (req: I, ctx: HandlerContext) => AsyncGenerator<O>): (req: I, ctx: HandlerContext) => AsyncGenerator<O> {
+      return async function* (req, ctx) {
+        try {
+          yield* fn(req, ctx);
+        } catch (err) {
+          throw mapError(err, rpc);
+        }
+      };
+    },
   };
 }
