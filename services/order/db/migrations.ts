@@ -4,7 +4,7 @@ import { sql, type Kysely, type Migration } from "kysely";
 
 const STATUS_CHECK = `status in ('PAYMENT_PENDING','PLACED','CONFIRMED','PREPARING','READY_FOR_PICKUP','PICKED_UP','EN_ROUTE','DELIVERED','CANCELLED')`;
 
-const m20250601000000_orders: Migration = {
+const m20261121T1001_order_init: Migration = {
   async up(db: Kysely<any>) {
     await sql`
       create table orders (
@@ -101,5 +101,5 @@ const m20250601000000_orders: Migration = {
 
 /** The order service's migrations, by frozen timestamped name. */
 export const migrations: Record<string, Migration> = {
-  "20250601000000_orders": m20250601000000_orders,
+  "20261121T1001_order_init": m20261121T1001_order_init,
 };

@@ -22,17 +22,18 @@ export function placeOrder(deps: OrderHandlerDeps) {
     boundedText("payment_token", req.paymentToken, 256);
 
     const customerId = principal.sub;
-    const limit = await deps.redis.rateLimiter.hit(`place:${customerId}`, deps.config.orders.placeRatePerMinute, 60_000);
-    if (!limit.allowed) {
-      throw new ExhaustedError(`too many orders placed; retry in ${Math.ceil(limit.retryAfterMs / 1000)} s`);
-    }
-
     const requestHash = createHash("sha256").update(toBinary(PlaceOrderRequestSchema, req)).digest("hex");
     // A replay answers from the stored order, whatever the catalog says now.
     const existing = await deps.store.findIdempotent(customerId, key);
     if (existing) {
       if (existing.requestHash !== requestHash) throw new AlreadyExistsError("idempotency-key was already used with a different request");
       return { order: existing.order };
+    }
+
+    // Replays above are free; only new placements count against the customer's rate.
+    const limit = await deps.redis.rateLimiter.hit(`place:${customerId}`, deps.config.orders.placeRatePerMinute, 60_000);
+    if (!limit.allowed) {
+      throw new ExhaustedError(`too many orders placed; retry in ${Math.ceil(limit.retryAfterMs / 1000)} s`);
     }
 
     const { priced, currency, lines, totals } = await priceCart(deps, req, delivery, tipMinor, ctx.signal);
