@@ -1,0 +1,134 @@
+import { mkdir } from "node:fs/promises";
+import path from "node:path";
+import { PGlite } from "@electric-sql/pglite";
+import { cube } from "@electric-sql/pglite/contrib/cube";
+import { earthdistance } from "@electric-sql/pglite/contrib/earthdistance";
+import { pg_trgm } from "@electric-sql/pglite/contrib/pg_trgm";
+import { Kysely, Migrator, PostgresDialect, type Migration } from "kysely";
+import pg from "pg";
+import type { Logger } from "./logger.js";
+import { PGliteDialect } from "./pglite-dialect.js";
+
+/**
+ * A service's database handle. One Db per process; every service uses it with its own tables
+ * and its own migration table.
+ *
+ * Value mapping (same on Postgres and PGlite):
+ * - int8/bigint/bigserial: a JS number when within Number.MAX_SAFE_INTEGER, a bigint beyond
+ *   (PGlite's own rule; pg is configured to match). Counts and ids fit in a number in practice.
+ * - numeric: string (exact). timestamptz: Date. bytea: Uint8Array (a Buffer on Postgres).
+ *
+ * PGlite caveat (0.5.16): pg_trgm's operators (`%`, `<->`) intermittently returned an empty
+ * result and then hung the instance in our tests; the functions (similarity, word_similarity)
+ * and earthdistance's functions were reliable. Prefer the functions in shared SQL.
+ */
+export type Db = {
+  kysely: Kysely<any>;
+  kind: "postgres" | "pglite";
+  /** Runs the service's pending migrations (own migration and lock tables); throws naming the failing one. */
+  migrate(service: string, migrations: Record<string, Migration>): Promise<void>;
+  close(): Promise<void>;
+};
+
+export interface OpenDbOptions {
+  /** Postgres URL; undefined opens embedded PGlite. */
+  databaseUrl?: string;
+  /** Data folder; PGlite keeps its files in `<dataDir>/pgdata`. `memory://` keeps everything in memory. */
+  dataDir: string;
+  /** Postgres pool size (default 10). */
+  poolSize?: number;
+  logger?: Logger;
+}
+
+const INT8_OID = 20;
+
+/** int8 as number when safe, bigint otherwise: the same rule PGlite applies. */
+function parseInt8(value: string): number | bigint {
+  const n = Number(value);
+  return Number.isSafeInteger(n) ? n : BigInt(value);
+}
+
+const pgTypes = {
+  getTypeParser(oid: number, format?: "text" | "binary") {
+    if (oid === INT8_OID && format !== "binary") return parseInt8;
+    return (pg.types.getTypeParser as (oid: number, format?: string) => unknown)(oid, format);
+  },
+};
+
+/** Opens Postgres (databaseUrl) or embedded PGlite with pg_trgm, cube and earthdistance available. */
+export async function openDb(opts: OpenDbOptions): Promise<Db> {
+  const logger = opts.logger?.child({ component: "db" });
+  let kysely: Kysely<any>;
+  let kind: Db["kind"];
+
+  if (opts.databaseUrl) {
+    const pool = new pg.Pool({
+      connectionString: opts.databaseUrl,
+      max: opts.poolSize ?? 10,
+      // Per-pool parsers rather than pg.types.setTypeParser, which is process global.
+      types: pgTypes as any,
+    });
+    // An idle client losing its connection emits on the pool; without a listener it crashes the process.
+    pool.on("error", (err) => logger?.error({ err }, "postgres idle client error"));
+    try {
+      const client = await pool.connect();
+      client.release();
+    } catch (err) {
+      await pool.end().catch(() => {});
+      throw new Error(`cannot connect to Postgres at ${redactUrl(opts.databaseUrl)}: ${(err as Error).message}`, { cause: err });
+    }
+    kysely = new Kysely<any>({ dialect: new PostgresDialect({ pool }) });
+    kind = "postgres";
+  } else {
+    let dataDir = opts.dataDir;
+    if (!dataDir.startsWith("memory://")) {
+      dataDir = path.join(dataDir, "pgdata");
+      await mkdir(dataDir, { recursive: true });
+    }
+    const pglite = await PGlite.create({ dataDir, extensions: { pg_trgm, cube, earthdistance } });
+    kysely = new Kysely<any>({ dialect: new PGliteDialect(pglite) });
+    kind = "pglite";
+    logger?.info({ dataDir }, "embedded PGlite opened");
+  }
+
+  let closed = false;
+  return {
+    kysely,
+    kind,
+    async migrate(service, migrations) {
+      const migrator = new Migrator({
+        db: kysely,
+        provider: { getMigrations: async () => migrations },
+        migrationTableName: `kysely_migration_${service}`,
+        migrationLockTableName: `kysely_migration_lock_${service}`,
+      });
+      const { error, results } = await migrator.migrateToLatest();
+      for (const r of results ?? []) {
+        if (r.status === "Success") logger?.info({ service, migration: r.migrationName }, "migration applied");
+      }
+      if (error) {
+        const failed = results?.find((r) => r.status === "Error")?.migrationName;
+        const msg = error instanceof Error ? error.message : String(error);
+        throw new Error(
+          failed ? `migration ${service}/${failed} failed: ${msg}` : `migrations of ${service} failed: ${msg}`,
+          { cause: error },
+        );
+      }
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      await kysely.destroy();
+    },
+  };
+}
+
+function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return "<invalid url>";
+  }
+}
