@@ -184,8 +184,11 @@ export function latLngProblem(p: { lat: number; lng: number }): string | undefin
  *   score = W_DISTANCE   * (1 - distance_km / radius_km)      nearer is better, 0..1
  *         + W_RATING     * (rating / 5)                        0..1
  *         + W_POPULARITY * popularity                          0..1 (recent orders, relative)
- *         + W_TEXT       * word_similarity(query, search_text) only when a query is given, 0..1
+ *         + W_TEXT       * text_similarity                       only when a query is given, 0..1
  *
+ * text_similarity is the mean, over the query's words, of the best pg_trgm word_similarity
+ * between that word and any of the restaurant's terms (distinct words of its name, cuisines
+ * and dish names); a restaurant matches when at least one query word reaches textThreshold.
  * radius_km is the search radius of the request. Without a query the weights sum to 1. With a
  * query the text term is added on top with a large weight, so a close textual match ("Biryani
  * House" for "biriyani") outranks a nearby place that only matched a side dish. The same
@@ -207,9 +210,9 @@ export function rankScore(x: { distanceKm: number; radiusKm: number; rating: num
  * would match everything.
  */
 export function textThreshold(query: string): number {
-  const n = query.replace(/\s+/g, "").length;
-  if (n <= 3) return 0.7;
-  return 0.5;
+  const words = query.split(/[^\p{L}\p{N}]+/u).filter((w) => w);
+  const shortest = Math.min(...words.map((w) => w.length));
+  return shortest <= 3 ? 0.7 : 0.5;
 }
 
 /** Lower-cases, trims and squeezes whitespace; the form queries are matched and hashed in. */

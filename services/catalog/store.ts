@@ -119,42 +119,57 @@ export function createCatalogStore(db: Db): CatalogStore {
       // function earth_distance; within 50 km chord and arc differ by less than 1e-5 relative.
       // The radius test converts the arc radius to its chord exactly.
       const chord = sql`cube_distance(r.geo, ${point})`;
-      const text = q.query ? sql`word_similarity(${q.query}::text, r.search_text)` : sql`0`;
+      const words = q.query ? queryWords(q.query) : [];
       const where = [
         // Index-driven prefilter: the GiST index on geo answers the box; the box only needs to
         // reach as far as the widest delivery radius (nobody farther delivers here).
         sql`earth_box(${point}, LEAST(${radiusM}::float8, (SELECT max(delivery_radius_km) FROM catalog_restaurants) * 1000)) @> r.geo`,
         sql`${chord} <= ${2 * EARTH_RADIUS_M}::float8 * sin(LEAST(${radiusM}::float8, r.delivery_radius_km * 1000) / ${2 * EARTH_RADIUS_M}::float8)`,
       ];
-      if (q.query) where.push(sql`r.search_text %> ${q.query}::text`);
       if (q.cuisines.length > 0) where.push(sql`r.cuisines && ${q.cuisines}::text[]`);
       if (q.minRating > 0) where.push(sql`r.rating >= ${q.minRating}::float8`);
       if (q.openNow) {
         const m = utcWeekMinute(q.now);
         where.push(sql`r.is_open AND r.open_week @> (((${m}::int + r.utc_offset_minutes) % ${MINUTES_PER_WEEK} + ${MINUTES_PER_WEEK}) % ${MINUTES_PER_WEEK})`);
       }
-      const score = sql`(${W_DISTANCE}::float8 * GREATEST(0, 1 - ${chord} / ${radiusM}::float8)
-        + ${W_RATING}::float8 * (r.rating / 5) + ${W_POPULARITY}::float8 * r.popularity + ${W_TEXT}::float8 * ${text})`;
-      // Rank over the narrow columns (index-only for geo-only searches), then fetch the page's rows.
-      const query = sql<RestaurantRow & { chord_m: number; score: number }>`
-        SELECT ${sql.join(RESTAURANT_COLUMNS.map((c) => sql.ref(`x.${c}`)))}, top.chord_m, top.score
-        FROM (
-          SELECT r.id, ${chord} AS chord_m, ${score} AS score
-          FROM catalog_restaurants r
-          WHERE ${sql.join(where, sql` AND `)}
-          ORDER BY score DESC, r.id
-          LIMIT ${q.limit} OFFSET ${q.offset}
-        ) top
-        JOIN catalog_restaurants x ON x.id = top.id
-        ORDER BY top.score DESC, top.id`;
-      const run = async (exec: K | Transaction<CatalogTables>) => (await query.execute(exec)).rows;
-      const rows = q.query
-        ? await k.transaction().execute(async (trx) => {
-            // Per-query threshold for %>, local to this transaction.
-            await sql`SELECT set_config('pg_trgm.word_similarity_threshold', ${String(q.textThreshold)}, true)`.execute(trx);
-            return run(trx);
-          })
-        : await run(k);
+      const run = async (exec: K | Transaction<CatalogTables>) => {
+        let text = sql`0`;
+        if (words.length > 0) {
+          // Step 1: similar terms per query word (trigram GIN on catalog_terms; the threshold of
+          // %> is set for this transaction only).
+          await sql`SELECT set_config('pg_trgm.word_similarity_threshold', ${String(q.textThreshold)}, true)`.execute(exec);
+          const matches = (
+            await sql<{ w: number; term: string; sim: number }>`
+              SELECT w.i AS w, t.term, word_similarity(w.word, t.term) AS sim
+              FROM unnest(${words}::text[]) WITH ORDINALITY AS w(word, i)
+              JOIN catalog_terms t ON t.term %> w.word`.execute(exec)
+          ).rows;
+          if (matches.length === 0) return [];
+          // Step 2: restaurants having any matched term (array GIN), scored by the mean over
+          // query words of the best similarity among the restaurant's terms.
+          const terms = matches.map((m) => m.term);
+          where.push(sql`r.terms && ${[...new Set(terms)]}::text[]`);
+          text = sql`(COALESCE((SELECT sum(best) FROM (
+              SELECT max(m.sim) AS best FROM unnest(${terms}::text[], ${matches.map((m) => Number(m.sim))}::float8[], ${matches.map((m) => Number(m.w))}::int[]) AS m(term, sim, w)
+              WHERE m.term = ANY (r.terms) GROUP BY m.w) b), 0) / ${words.length}::float8)`;
+        }
+        const score = sql`(${W_DISTANCE}::float8 * GREATEST(0, 1 - ${chord} / ${radiusM}::float8)
+          + ${W_RATING}::float8 * (r.rating / 5) + ${W_POPULARITY}::float8 * r.popularity + ${W_TEXT}::float8 * ${text})`;
+        // Rank over the narrow columns (index-only for geo-only searches), then fetch the page's rows.
+        const query = sql<RestaurantRow & { chord_m: number; score: number }>`
+          SELECT ${sql.join(RESTAURANT_COLUMNS.map((c) => sql.ref(`x.${c}`)))}, top.chord_m, top.score
+          FROM (
+            SELECT r.id, ${chord} AS chord_m, ${score} AS score
+            FROM catalog_restaurants r
+            WHERE ${sql.join(where, sql` AND `)}
+            ORDER BY score DESC, r.id
+            LIMIT ${q.limit} OFFSET ${q.offset}
+          ) top
+          JOIN catalog_restaurants x ON x.id = top.id
+          ORDER BY top.score DESC, top.id`;
+        return (await query.execute(exec)).rows;
+      };
+      const rows = words.length > 0 ? await k.transaction().execute((trx) => run(trx)) : await run(k);
       return rows.map((r) => {
         const restaurant = toRestaurant(r as RestaurantRow);
         // Reported distance: the same haversine PriceCart uses, so search and checkout agree.
@@ -249,10 +264,10 @@ export function createCatalogStore(db: Db): CatalogStore {
           const col = <T>(f: (r: NewRestaurant) => T) => chunk.map(f);
           await sql`
             INSERT INTO catalog_restaurants (id, name, description, address, city, utc_offset_minutes, lat, lng, cuisines, rating,
-              rating_count, price_level, hours, open_week, is_open, geo, delivery_radius_km, avg_prep_minutes, popularity, currency, search_text)
+              rating_count, price_level, hours, open_week, is_open, geo, delivery_radius_km, avg_prep_minutes, popularity, currency, terms)
             SELECT u.id, u.name, u.description, u.address, u.city, u.utc_offset_minutes, u.lat, u.lng,
               string_to_array(u.cuisines, ','), u.rating, u.rating_count, u.price_level, u.hours::jsonb, u.open_week::int4multirange,
-              u.is_open, ll_to_earth(u.lat, u.lng), u.delivery_radius_km, u.avg_prep_minutes, u.popularity, u.currency, u.search_text
+              u.is_open, ll_to_earth(u.lat, u.lng), u.delivery_radius_km, u.avg_prep_minutes, u.popularity, u.currency, string_to_array(u.terms, ' ')
             FROM unnest(${col((r) => r.id)}::text[], ${col((r) => r.name)}::text[], ${col((r) => r.description)}::text[],
               ${col((r) => r.address)}::text[], ${col((r) => r.city)}::text[], ${col((r) => r.utcOffsetMinutes)}::int[],
               ${col((r) => r.lat)}::float8[], ${col((r) => r.lng)}::float8[], ${col((r) => r.cuisines.join(","))}::text[],
@@ -261,7 +276,9 @@ export function createCatalogStore(db: Db): CatalogStore {
               ${col((r) => r.isOpen)}::bool[], ${col((r) => r.deliveryRadiusKm)}::float8[], ${col((r) => r.avgPrepMinutes)}::int[],
               ${col((r) => r.popularity)}::float8[], ${col((r) => r.currency)}::text[], ${col((r) => r.searchText)}::text[])
               AS u(id, name, description, address, city, utc_offset_minutes, lat, lng, cuisines, rating, rating_count, price_level,
-                   hours, open_week, is_open, delivery_radius_km, avg_prep_minutes, popularity, currency, search_text)`.execute(trx);
+                   hours, open_week, is_open, delivery_radius_km, avg_prep_minutes, popularity, currency, terms)`.execute(trx);
+          const newTerms = [...new Set(chunk.flatMap((r) => r.searchText.split(" ").filter((t) => t)))].sort();
+          await sql`INSERT INTO catalog_terms (term) SELECT unnest(${newTerms}::text[]) ON CONFLICT DO NOTHING`.execute(trx);
         }
         for (const chunk of chunks(cats, BULK_ROWS)) {
           await sql`INSERT INTO catalog_categories (id, restaurant_id, name, position)
@@ -289,11 +306,11 @@ export function createCatalogStore(db: Db): CatalogStore {
     async analyze() {
       // VACUUM also sets the visibility map, which the index-only geo scan needs.
       await sql`VACUUM ANALYZE catalog_restaurants`.execute(k);
-      await sql`ANALYZE catalog_categories, catalog_items, catalog_groups, catalog_options`.execute(k);
+      await sql`ANALYZE catalog_terms, catalog_categories, catalog_items, catalog_groups, catalog_options`.execute(k);
     },
 
     async deleteAll() {
-      await sql`TRUNCATE catalog_options, catalog_groups, catalog_items, catalog_categories, catalog_restaurants`.execute(k);
+      await sql`TRUNCATE catalog_terms, catalog_options, catalog_groups, catalog_items, catalog_categories, catalog_restaurants`.execute(k);
     },
   };
 }
@@ -364,6 +381,11 @@ function parseTextArray(v: unknown): string[] {
 
 function multirange(ranges: Array<[number, number]>): string {
   return `{${ranges.map(([s, e]) => `[${s},${e})`).join(",")}}`;
+}
+
+/** Distinct words of a normalized query (at most 8; longer queries add little). */
+function queryWords(q: string): string[] {
+  return [...new Set(q.split(/[^\p{L}\p{N}]+/u).filter((w) => w))].slice(0, 8);
 }
 
 function* chunks<T>(xs: T[], n: number): Generator<T[]> {

@@ -35,7 +35,8 @@ export const catalogMigrations: Record<string, Migration> = {
           avg_prep_minutes integer NOT NULL CHECK (avg_prep_minutes BETWEEN 1 AND 240),
           popularity double precision NOT NULL DEFAULT 0 CHECK (popularity BETWEEN 0 AND 1),
           currency text NOT NULL,
-          search_text text NOT NULL,
+          -- Distinct lower-case words of name, cuisines and dish names (domain.searchText).
+          terms text[] NOT NULL,
           created_at timestamptz NOT NULL DEFAULT now(),
           updated_at timestamptz NOT NULL DEFAULT now()
         )`.execute(db);
@@ -43,8 +44,12 @@ export const catalogMigrations: Record<string, Migration> = {
       // columns are everything geo-only ranking reads, so that scan is index-only (after VACUUM).
       await sql`CREATE INDEX catalog_restaurants_geo_idx ON catalog_restaurants USING gist (geo)
         INCLUDE (id, delivery_radius_km, rating, popularity)`.execute(db);
-      // Typo-tolerant text: search_text %> query (word_similarity) is answered by this GIN index.
-      await sql`CREATE INDEX catalog_restaurants_search_trgm_idx ON catalog_restaurants USING gin (search_text gin_trgm_ops)`.execute(db);
+      // Text search is two index steps: query words -> similar terms (trigram GIN on catalog_terms),
+      // then terms -> restaurants (array GIN here). word_similarity over each restaurant's whole
+      // text costs ~100 us a row, too much for thousands of candidates.
+      await sql`CREATE INDEX catalog_restaurants_terms_idx ON catalog_restaurants USING gin (terms)`.execute(db);
+      await sql`CREATE TABLE catalog_terms (term text PRIMARY KEY)`.execute(db);
+      await sql`CREATE INDEX catalog_terms_trgm_idx ON catalog_terms USING gin (term gin_trgm_ops)`.execute(db);
       // max(delivery_radius_km) bounds the geo box of every search; a btree makes it an index lookup.
       await sql`CREATE INDEX catalog_restaurants_radius_idx ON catalog_restaurants (delivery_radius_km)`.execute(db);
 
@@ -96,7 +101,7 @@ export const catalogMigrations: Record<string, Migration> = {
       await sql`CREATE INDEX catalog_options_group_idx ON catalog_options (group_id)`.execute(db);
     },
     async down(db: Kysely<any>) {
-      for (const t of ["catalog_options", "catalog_groups", "catalog_items", "catalog_categories", "catalog_restaurants"]) {
+      for (const t of ["catalog_terms", "catalog_options", "catalog_groups", "catalog_items", "catalog_categories", "catalog_restaurants"]) {
         await sql`DROP TABLE IF EXISTS ${sql.table(t)}`.execute(db);
       }
     },

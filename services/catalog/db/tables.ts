@@ -26,8 +26,8 @@ export interface RestaurantsTable {
   avg_prep_minutes: number;
   popularity: number;
   currency: string;
-  /** Distinct lower-case words of name, cuisines and dish names; trigram indexed. */
-  search_text: string;
+  /** Distinct lower-case words of name, cuisines and dish names; array-GIN indexed. */
+  terms: string[];
   created_at: Generated<Date>;
   updated_at: Generated<Date>;
 }
@@ -36,6 +36,11 @@ export interface HoursJson {
   d: number;
   o: number;
   c: number;
+}
+
+/** catalog_terms: every distinct word any restaurant is found by; trigram indexed. */
+export interface TermsTable {
+  term: string;
 }
 
 /** catalog_categories: menu sections. */
@@ -82,6 +87,7 @@ export interface OptionsTable {
 
 export interface CatalogTables {
   catalog_restaurants: RestaurantsTable;
+  catalog_terms: TermsTable;
   catalog_categories: CategoriesTable;
   catalog_items: ItemsTable;
   catalog_groups: GroupsTable;
