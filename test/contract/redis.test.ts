@@ -1,0 +1,376 @@
+import assert from "node:assert/strict";
+import { Redis } from "ioredis";
+import { openRedis, type RedisPorts, type StreamEntry } from "../../services/platform/redis.js";
+import { connName } from "../../services/platform/redis-real.js";
+import { redisUrl, requireReal, uniqueId } from "../helpers/backends.js";
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const bytes = (...b: number[]) => new Uint8Array(b);
+const ev = (i: number, data = bytes(i % 256, 0, 255)) => ({ type: "t", key: `k${i % 3}`, eventId: `e${i}`, data });
+
+async function until(cond: () => boolean, ms = 2000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error("condition not met in time");
+    await sleep(5);
+  }
+}
+
+for (const impl of ["memory", "redis"] as const) {
+  describe(`RedisPorts (${impl})`, function () {
+    let r: RedisPorts;
+    const prefix = `test:${uniqueId()}:`;
+
+    before(async function () {
+      if (impl === "redis") await requireReal("redis", this);
+      r = await openRedis({ redisUrl: impl === "redis" ? redisUrl() : undefined, keyPrefix: prefix });
+      assert.equal(r.kind, impl);
+    });
+
+    after(async function () {
+      if (!r) return;
+      await r.close();
+      if (impl === "redis") {
+        const c = new Redis(redisUrl());
+        const keys = await c.keys(`${prefix}*`);
+        if (keys.length) await c.del(...keys);
+        await c.quit();
+      }
+    });
+
+    describe("EventLog", () => {
+      it("appends, ranges after an id and round-trips binary data", async () => {
+        const all = new Uint8Array(256).map((_, i) => i);
+        const id1 = await r.eventLog.append("s1", { type: "order.placed", key: "o1", eventId: "a", data: all });
+        const ids = await r.eventLog.appendMany("s1", [ev(1), ev(2), ev(3)]);
+        assert.equal(ids.length, 3);
+        const got = await r.eventLog.range("s1", undefined, 10);
+        assert.deepEqual(
+          got.map((e) => e.id),
+          [id1, ...ids],
+        );
+        assert.deepEqual(got[0]!.type, "order.placed");
+        assert.deepEqual(got[0]!.key, "o1");
+        assert.deepEqual(got[0]!.eventId, "a");
+        assert.deepEqual([...got[0]!.data], [...all]);
+        assert.deepEqual(
+          got.slice(1).map((e) => e.eventId),
+          ["e1", "e2", "e3"],
+        );
+        const after = await r.eventLog.range("s1", ids[0], 10);
+        assert.deepEqual(
+          after.map((e) => e.eventId),
+          ["e2", "e3"],
+        );
+        assert.deepEqual(await r.eventLog.range("s1", ids[2], 10), []);
+        assert.deepEqual(
+          (await r.eventLog.range("s1", undefined, 2)).map((e) => e.eventId),
+          ["a", "e1"],
+        );
+        assert.deepEqual(await r.eventLog.range("nope", undefined, 10), []);
+      });
+
+      it("keeps appendMany batches contiguous and ordered under concurrency", async () => {
+        await Promise.all([
+          r.eventLog.appendMany("s2", [ev(1), ev(2), ev(3), ev(4)]),
+          r.eventLog.appendMany("s2", [ev(11), ev(12), ev(13), ev(14)]),
+        ]);
+        const got = (await r.eventLog.range("s2", undefined, 100)).map((e) => e.eventId).join(",");
+        assert.ok(
+          got === "e1,e2,e3,e4,e11,e12,e13,e14" || got === "e11,e12,e13,e14,e1,e2,e3,e4",
+          got,
+        );
+      });
+
+      it("delivers each entry once per group across two consumers, pending until acked", async () => {
+        await r.eventLog.appendMany("s3", Array.from({ length: 10 }, (_, i) => ev(i)));
+        await r.eventLog.ensureGroup("s3", "g");
+        await r.eventLog.ensureGroup("s3", "g"); // idempotent
+        const a = await r.eventLog.readGroup("s3", "g", "c1", { count: 4 });
+        const b = await r.eventLog.readGroup("s3", "g", "c2", { count: 100 });
+        assert.equal(a.length, 4);
+        assert.equal(b.length, 6);
+        const seen = [...a, ...b].map((e) => e.eventId);
+        assert.deepEqual(seen, Array.from({ length: 10 }, (_, i) => `e${i}`));
+        assert.ok([...a, ...b].every((e) => e.deliveries === 1));
+        assert.deepEqual(await r.eventLog.readGroup("s3", "g", "c1", { count: 10 }), []);
+        assert.equal(await r.eventLog.pendingCount("s3", "g"), 10);
+        assert.equal(await r.eventLog.ack("s3", "g", a.map((e) => e.id)), 4);
+        assert.equal(await r.eventLog.ack("s3", "g", [a[0]!.id]), 0);
+        assert.equal(await r.eventLog.pendingCount("s3", "g"), 6);
+
+        // A second group sees everything independently.
+        await r.eventLog.ensureGroup("s3", "other");
+        assert.equal((await r.eventLog.readGroup("s3", "other", "x", { count: 100 })).length, 10);
+        // A group created at "$" sees only new entries.
+        await r.eventLog.ensureGroup("s3", "late", "$");
+        assert.deepEqual(await r.eventLog.readGroup("s3", "late", "x"), []);
+        await r.eventLog.append("s3", ev(99));
+        assert.deepEqual(
+          (await r.eventLog.readGroup("s3", "late", "x")).map((e) => e.eventId),
+          ["e99"],
+        );
+      });
+
+      it("claims a crashed consumer's stale entries with delivery counts", async () => {
+        await r.eventLog.ensureGroup("s4", "g");
+        await r.eventLog.appendMany("s4", [ev(1), ev(2), ev(3)]);
+        const crashed = await r.eventLog.readGroup("s4", "g", "dead", { count: 10 });
+        assert.equal(crashed.length, 3);
+        assert.deepEqual(await r.eventLog.claimStale("s4", "g", "alive", 10_000, 10), []);
+        await sleep(60);
+        const claimed = await r.eventLog.claimStale("s4", "g", "alive", 50, 2);
+        assert.deepEqual(
+          claimed.map((e) => e.eventId),
+          ["e1", "e2"],
+        );
+        assert.deepEqual([...claimed[0]!.data], [...ev(1).data]);
+        assert.ok(claimed.every((e) => e.deliveries === 2), JSON.stringify(claimed.map((e) => e.deliveries)));
+        // Just claimed: not idle any more.
+        const rest = await r.eventLog.claimStale("s4", "g", "alive", 50, 10);
+        assert.deepEqual(
+          rest.map((e) => e.eventId),
+          ["e3"],
+        );
+        await r.eventLog.ack("s4", "g", [...claimed, ...rest].map((e) => e.id));
+        assert.equal(await r.eventLog.pendingCount("s4", "g"), 0);
+      });
+
+      it("blocks a read until an entry arrives, or returns empty after blockMs", async () => {
+        await r.eventLog.ensureGroup("s5", "g");
+        const t0 = Date.now();
+        assert.deepEqual(await r.eventLog.readGroup("s5", "g", "c", { blockMs: 100 }), []);
+        assert.ok(Date.now() - t0 >= 90, `returned after ${Date.now() - t0} ms`);
+        const t1 = Date.now();
+        const pending = r.eventLog.readGroup("s5", "g", "c", { blockMs: 5000 });
+        await sleep(30);
+        // Other commands are not held up by the blocked reader.
+        await r.kv.set("while-blocked", "1");
+        assert.equal(await r.kv.get("while-blocked"), "1");
+        await r.eventLog.append("s5", ev(7));
+        const got = await pending;
+        assert.deepEqual(
+          got.map((e: StreamEntry) => e.eventId),
+          ["e7"],
+        );
+        assert.ok(Date.now() - t1 < 2000);
+        // Non-blocking read returns at once.
+        const t2 = Date.now();
+        assert.deepEqual(await r.eventLog.readGroup("s5", "g", "c"), []);
+        assert.ok(Date.now() - t2 < 500);
+      });
+
+      it("rejects a read from a missing group", async () => {
+        await assert.rejects(r.eventLog.readGroup("s6", "missing", "c"), /NOGROUP/);
+      });
+
+      it("trims to about maxLen newest entries", async () => {
+        await r.eventLog.appendMany("s7", Array.from({ length: 1000 }, (_, i) => ev(i)));
+        await r.eventLog.trim("s7", 100);
+        const left = await r.eventLog.range("s7", undefined, 2000);
+        assert.ok(left.length >= 100 && left.length < 1000, `left ${left.length}`);
+        assert.equal(left[left.length - 1]!.eventId, "e999");
+      });
+    });
+
+    describe("Channels", () => {
+      it("delivers to every local subscriber with one subscription per channel", async () => {
+        assert.equal(r.channels.subscribedCount(), 0);
+        const a: number[][] = [];
+        const b: number[][] = [];
+        const offA = await r.channels.subscribe("order:1", (d) => a.push([...d]));
+        const offB = await r.channels.subscribe("order:1", (d) => b.push([...d]));
+        const offC = await r.channels.subscribe("order:2", () => {});
+        assert.equal(r.channels.subscribedCount(), 2);
+        await r.channels.publish("order:1", bytes(1, 0, 255));
+        await r.channels.publish("order:3", bytes(9));
+        await until(() => a.length === 1 && b.length === 1);
+        assert.deepEqual(a, [[1, 0, 255]]);
+        await offA();
+        assert.equal(r.channels.subscribedCount(), 2);
+        await r.channels.publish("order:1", bytes(2));
+        await until(() => b.length === 2);
+        await sleep(20);
+        assert.equal(a.length, 1);
+        await offB();
+        await offB(); // idempotent
+        assert.equal(r.channels.subscribedCount(), 1);
+        await offC();
+        assert.equal(r.channels.subscribedCount(), 0);
+      });
+
+      it("keeps one subscription through concurrent subscribe and unsubscribe", async () => {
+        const offs = await Promise.all(Array.from({ length: 20 }, () => r.channels.subscribe("busy", () => {})));
+        assert.equal(r.channels.subscribedCount(), 1);
+        const more = r.channels.subscribe("busy", () => {});
+        await Promise.all(offs.map((off) => off()));
+        const off = await more;
+        assert.equal(r.channels.subscribedCount(), 1);
+        await off();
+        assert.equal(r.channels.subscribedCount(), 0);
+        // Subscribing again after a full unsubscribe works.
+        const got: number[] = [];
+        const again = await r.channels.subscribe("busy", (d) => got.push(d[0]!));
+        await r.channels.publish("busy", bytes(5));
+        await until(() => got.length === 1);
+        await again();
+      });
+
+      if (impl === "redis") {
+        it("resubscribes after the subscriber connection is dropped", async () => {
+          const got: number[] = [];
+          const off = await r.channels.subscribe("survive", (d) => got.push(d[0]!));
+          const admin = new Redis(redisUrl());
+          try {
+            const list = (await admin.client("LIST", "TYPE", "pubsub")) as string;
+            const ids = list
+              .split("\n")
+              .filter((l) => l.includes(`name=${connName(prefix, "sub")} `))
+              .map((l) => /id=(\d+)/.exec(l)![1]!);
+            assert.equal(ids.length, 1);
+            await admin.client("KILL", "ID", ids[0]!);
+            // Publish until the reconnected subscriber receives one.
+            const end = Date.now() + 5000;
+            while (got.length === 0 && Date.now() < end) {
+              await r.channels.publish("survive", bytes(42));
+              await sleep(50);
+            }
+            assert.ok(got.includes(42), "no message after reconnect");
+          } finally {
+            await admin.quit();
+            await off();
+          }
+        });
+      }
+    });
+
+    describe("RateLimiter", () => {
+      it("allows limit hits per window, then reports when to retry", async () => {
+        const results = [];
+        for (let i = 0; i < 4; i++) results.push(await r.rateLimiter.hit("rl:a", 3, 300));
+        assert.deepEqual(
+          results.map((x) => [x.allowed, x.remaining]),
+          [
+            [true, 2],
+            [true, 1],
+            [true, 0],
+            [false, 0],
+          ],
+        );
+        assert.equal(results[0]!.retryAfterMs, 0);
+        assert.ok(results[3]!.retryAfterMs > 0 && results[3]!.retryAfterMs <= 300, `${results[3]!.retryAfterMs}`);
+        // Another key is independent.
+        assert.equal((await r.rateLimiter.hit("rl:b", 3, 300)).allowed, true);
+        await sleep(results[3]!.retryAfterMs + 20);
+        const later = await r.rateLimiter.hit("rl:a", 3, 300);
+        assert.equal(later.allowed, true);
+      });
+
+      it("slides: hits leave the window one by one", async () => {
+        await r.rateLimiter.hit("rl:s", 2, 400);
+        await sleep(200);
+        await r.rateLimiter.hit("rl:s", 2, 400);
+        assert.equal((await r.rateLimiter.hit("rl:s", 2, 400)).allowed, false);
+        await sleep(230); // first hit left the window, second has not
+        assert.equal((await r.rateLimiter.hit("rl:s", 2, 400)).allowed, true);
+        assert.equal((await r.rateLimiter.hit("rl:s", 2, 400)).allowed, false);
+      });
+
+      it("is atomic under concurrent hits", async () => {
+        const res = await Promise.all(Array.from({ length: 50 }, () => r.rateLimiter.hit("rl:c", 10, 10_000)));
+        assert.equal(res.filter((x) => x.allowed).length, 10);
+      });
+    });
+
+    describe("GeoIndex", () => {
+      it("finds members within a radius, nearest first, with distance and position", async () => {
+        // Around Bengaluru MG Road.
+        await r.geo.add("city:blr", [
+          { member: "far", lng: 77.7, lat: 13.05 },
+          { member: "near", lng: 77.606, lat: 12.9757 },
+          { member: "mid", lng: 77.62, lat: 12.97 },
+          { member: "out", lng: 78.5, lat: 13.5 },
+        ]);
+        const hits = await r.geo.search("city:blr", { lng: 77.605, lat: 12.9756, radiusKm: 20 });
+        assert.deepEqual(
+          hits.map((h) => h.member),
+          ["near", "mid", "far"],
+        );
+        assert.ok(hits[0]!.distanceKm > 0.05 && hits[0]!.distanceKm < 0.2, `${hits[0]!.distanceKm}`);
+        assert.ok(Math.abs(hits[1]!.lng - 77.62) < 1e-4 && Math.abs(hits[1]!.lat - 12.97) < 1e-4);
+        const top = await r.geo.search("city:blr", { lng: 77.605, lat: 12.9756, radiusKm: 20, count: 2 });
+        assert.deepEqual(
+          top.map((h) => h.member),
+          ["near", "mid"],
+        );
+        await r.geo.add("city:blr", [{ member: "near", lng: 77.69, lat: 13.04 }]); // moved
+        await r.geo.remove("city:blr", "mid");
+        const after = await r.geo.search("city:blr", { lng: 77.605, lat: 12.9756, radiusKm: 20 });
+        assert.deepEqual(
+          after.map((h) => h.member),
+          ["near", "far"],
+        );
+        assert.deepEqual(await r.geo.search("city:none", { lng: 0, lat: 0, radiusKm: 5 }), []);
+      });
+    });
+
+    describe("Kv", () => {
+      it("sets, gets, deletes and honours NX", async () => {
+        assert.equal(await r.kv.get("k1"), null);
+        assert.equal(await r.kv.set("k1", "v1"), true);
+        assert.equal(await r.kv.get("k1"), "v1");
+        assert.equal(await r.kv.set("k1", "v2", { nx: true }), false);
+        assert.equal(await r.kv.get("k1"), "v1");
+        assert.equal(await r.kv.del("k1"), true);
+        assert.equal(await r.kv.del("k1"), false);
+        assert.equal(await r.kv.set("k1", "v3", { nx: true }), true);
+      });
+
+      it("expires keys after their TTL", async () => {
+        assert.equal(await r.kv.set("ttl", "x", { ttlMs: 80, nx: true }), true);
+        assert.equal(await r.kv.set("ttl", "y", { ttlMs: 80, nx: true }), false);
+        await sleep(130);
+        assert.equal(await r.kv.get("ttl"), null);
+        assert.equal(await r.kv.set("ttl", "z", { ttlMs: 80, nx: true }), true);
+        // A plain set clears the TTL.
+        await r.kv.set("ttl", "keep");
+        await sleep(130);
+        assert.equal(await r.kv.get("ttl"), "keep");
+      });
+
+      it("compare-and-deletes only the expected value", async () => {
+        await r.kv.set("offer:driver:1", "order1:7", { ttlMs: 10_000 });
+        assert.equal(await r.kv.compareAndDelete("offer:driver:1", "order1:6"), false);
+        assert.equal(await r.kv.get("offer:driver:1"), "order1:7");
+        assert.equal(await r.kv.compareAndDelete("offer:driver:1", "order1:7"), true);
+        assert.equal(await r.kv.get("offer:driver:1"), null);
+        assert.equal(await r.kv.compareAndDelete("offer:driver:1", "order1:7"), false);
+      });
+
+      it("increments atomically and keeps the TTL", async () => {
+        const vals = await Promise.all(Array.from({ length: 20 }, () => r.kv.incr("ctr")));
+        assert.deepEqual(
+          [...vals].sort((a, b) => a - b),
+          Array.from({ length: 20 }, (_, i) => i + 1),
+        );
+        await r.kv.set("ctr-ttl", "5", { ttlMs: 80 });
+        assert.equal(await r.kv.incr("ctr-ttl"), 6);
+        await sleep(130);
+        assert.equal(await r.kv.get("ctr-ttl"), null);
+        await r.kv.set("not-a-number", "abc");
+        await assert.rejects(r.kv.incr("not-a-number"), /not an integer/);
+      });
+
+      it("stores hashes with an optional TTL", async () => {
+        assert.deepEqual(await r.kv.hgetall("h"), {});
+        await r.kv.hset("h", { lat: "12.9", lng: "77.6" });
+        await r.kv.hset("h", { seq: "3" });
+        assert.deepEqual(await r.kv.hgetall("h"), { lat: "12.9", lng: "77.6", seq: "3" });
+        await r.kv.hset("h", { seq: "4" }, { ttlMs: 80 });
+        assert.equal((await r.kv.hgetall("h")).seq, "4");
+        await sleep(130);
+        assert.deepEqual(await r.kv.hgetall("h"), {});
+      });
+    });
+  });
+}
