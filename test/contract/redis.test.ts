@@ -222,13 +222,13 @@ for (const impl of ["memory", "redis"] as const) {
           const off = await r.channels.subscribe("survive", (d) => got.push(d[0]!));
           const admin = new Redis(redisUrl());
           try {
-            const list = (await admin.client("LIST", "TYPE", "pubsub")) as string;
+            const list = (await admin.call("CLIENT", "LIST", "TYPE", "pubsub")) as string;
             const ids = list
               .split("\n")
               .filter((l) => l.includes(`name=${connName(prefix, "sub")} `))
               .map((l) => /id=(\d+)/.exec(l)![1]!);
             assert.equal(ids.length, 1);
-            await admin.client("KILL", "ID", ids[0]!);
+            await admin.call("CLIENT", "KILL", "ID", ids[0]!);
             // Publish until the reconnected subscriber receives one.
             const end = Date.now() + 5000;
             while (got.length === 0 && Date.now() < end) {
