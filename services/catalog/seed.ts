@@ -288,7 +288,7 @@ function generateRestaurant(seed: number, index: number, city: City, spreadKm: n
           id: `${itemId}-g${g}`,
           name: "Extras",
           minChoices: 0,
-          maxChoices: 3,
+          maxChoices: Math.min(3, count),
           options: Array.from({ length: count }, (_, j) => {
             const [n, p] = EXTRAS[(startAt + j) % EXTRAS.length];
             return { id: `${itemId}-g${g}-o${j}`, name: n, priceDeltaMinor: p, available: rng() > 0.05 };
