@@ -65,7 +65,7 @@ export async function createMesh(config: Config, opts: { logger?: Logger; db?: D
     interceptors,
     peer,
     async start({ listen = true } = {}) {
-      for (const m of modules.values()) await db.migrate(m.name, m.migrations);
+      for (const m of modules.values()) if (Object.keys(m.migrations).length > 0) await db.migrate(m.name, m.migrations);
       for (const m of modules.values()) {
         await m.start();
         started.push(m);

@@ -10,7 +10,7 @@ const db = await openDb({ databaseUrl: config.databaseUrl, dataDir: config.dataD
 const mesh = await createMesh(config, { logger, db });
 for (const m of mesh.modules.values()) {
   const n = Object.keys(m.migrations).length;
-  await db.migrate(m.name, m.migrations);
+  if (n > 0) await db.migrate(m.name, m.migrations);
   console.log(`migrated ${m.name}: ${n} migration(s) known`);
 }
 await mesh.redis.close();
