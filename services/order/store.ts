@@ -93,7 +93,6 @@ export interface OrderStoreOptions {
   newId?: () => string;
 }
 
-class KeyTaken extends Error {}
 
 /**
  * Order ids that sort by creation time within a process (ms timestamp, a per-ms counter, then
@@ -126,103 +125,121 @@ export function createOrderStore(opts: OrderStoreOptions): OrderStore {
   }
 
   async function findIdempotent(customerId: string, key: string) {
+    // One round trip: the key and its order together.
     const rec = await db
-      .selectFrom("idempotency_keys")
-      .selectAll()
-      .where("customer_id", "=", customerId)
-      .where("key", "=", key)
-      .where("expires_at", ">", new Date())
+      .selectFrom("idempotency_keys as k")
+      .innerJoin("orders as o", "o.id", "k.order_id")
+      .selectAll("o")
+      .select("k.request_hash")
+      .where("k.customer_id", "=", customerId)
+      .where("k.key", "=", key)
+      .where("k.expires_at", ">", new Date())
       .executeTakeFirst();
     if (!rec) return undefined;
-    const row = await readRow(rec.order_id);
-    if (!row) return undefined;
-    return { requestHash: rec.request_hash, order: toOrder(row) };
+    const { request_hash: requestHash, ...row } = rec;
+    return { requestHash, order: toOrder(row) };
+  }
+
+  /**
+   * The idempotency row, the order, its PLACED history row and its outbox row in ONE statement
+   * (data-modifying CTEs; a statement is atomic, and the history foreign key is checked at its
+   * end): one round trip and one commit per placement. The order, history and outbox inserts
+   * read from the claim, so a key already taken writes nothing. The snapshot in the event is
+   * built from the same values the row gets, so nothing is read back.
+   */
+  async function insertPlaced(id: string, o: NewOrder, idem: IdempotencyInput, now: Date): Promise<Order | undefined> {
+    const actor: ActorRef = { role: "customer", id: o.customerId };
+    const row: OrderRow = {
+      id,
+      customer_id: o.customerId,
+      restaurant_id: o.restaurantId,
+      restaurant_name: o.restaurantName,
+      status: "PLACED",
+      version: 1,
+      driver_id: null,
+      last_fencing_token: 0,
+      lines: o.lines,
+      delivery_lat: o.delivery.lat,
+      delivery_lng: o.delivery.lng,
+      delivery_address: o.delivery.address,
+      delivery_instructions: o.delivery.instructions,
+      pickup_lat: o.pickup.lat,
+      pickup_lng: o.pickup.lng,
+      currency: o.currency,
+      subtotal_minor: o.subtotalMinor,
+      delivery_fee_minor: o.deliveryFeeMinor,
+      tax_minor: o.taxMinor,
+      tip_minor: o.tipMinor,
+      total_minor: o.totalMinor,
+      eta_min_minutes: o.eta.minMinutes,
+      eta_max_minutes: o.eta.maxMinutes,
+      distance_km: o.distanceKm,
+      cancelled_by_role: null,
+      cancelled_by_id: null,
+      cancellation_reason: null,
+      cancellation_fee_minor: 0,
+      next_event_seq: 2,
+      created_at: now,
+      updated_at: now,
+    };
+    const snapshot = toOrder(row);
+    const event = buildEvent(snapshot, 1, actor, now, { case: "placed", value: { total: snapshot.total } });
+    const r = await sql<{ claimed: number }>`
+      with claim as (
+        insert into idempotency_keys (customer_id, key, request_hash, order_id, created_at, expires_at)
+        values (${idem.customerId}, ${idem.key}, ${idem.requestHash}, ${id}, ${now}, ${new Date(now.getTime() + idem.ttlHours * 3_600_000)})
+        on conflict (customer_id, key) do nothing
+        returning order_id
+      ), ord as (
+        insert into orders (
+          id, customer_id, restaurant_id, restaurant_name, status, version, driver_id, lines,
+          delivery_lat, delivery_lng, delivery_address, delivery_instructions, pickup_lat, pickup_lng,
+          currency, subtotal_minor, delivery_fee_minor, tax_minor, tip_minor, total_minor,
+          eta_min_minutes, eta_max_minutes, distance_km, next_event_seq, created_at, updated_at)
+        select order_id, ${row.customer_id}::text, ${row.restaurant_id}::text, ${row.restaurant_name}::text, 'PLACED', 1, null,
+          ${JSON.stringify(row.lines)}::jsonb, ${row.delivery_lat}::float8, ${row.delivery_lng}::float8,
+          ${row.delivery_address}::text, ${row.delivery_instructions}::text, ${row.pickup_lat}::float8, ${row.pickup_lng}::float8,
+          ${row.currency}::text, ${row.subtotal_minor}::int8, ${row.delivery_fee_minor}::int8, ${row.tax_minor}::int8,
+          ${row.tip_minor}::int8, ${row.total_minor}::int8, ${row.eta_min_minutes}::int4, ${row.eta_max_minutes}::int4,
+          ${row.distance_km}::float8, 2, ${now}::timestamptz, ${now}::timestamptz
+        from claim
+        returning id
+      ), hist as (
+        insert into order_status_history (order_id, seq, kind, status, actor_role, actor_id, reason, driver_id, at)
+        select id, 1, 'status', 'PLACED', ${actor.role}::text, ${actor.id}::text, '', null, ${now}::timestamptz from ord
+      ), box as (
+        insert into outbox (stream, event_type, event_key, event_id, payload, published_at)
+        select ${ORDER_EVENTS_STREAM}::text, ${eventType(event)}::text, id, ${event.eventId}::text, ${outboxPayload(event)}::bytea, null from ord
+      )
+      select count(*)::int as claimed from claim`.execute(db);
+    return r.rows[0]?.claimed === 1 ? snapshot : undefined;
   }
 
   async function place(o: NewOrder, idem: IdempotencyInput): Promise<{ order: Order; replayed: boolean }> {
-    const now = new Date();
-    const id = newId();
-    const actor: ActorRef = { role: "customer", id: o.customerId };
-    try {
-      const order = await db.transaction().execute(async (trx) => {
-        // An expired key is ignored and replaced.
-        await trx
-          .deleteFrom("idempotency_keys")
-          .where("customer_id", "=", idem.customerId)
-          .where("key", "=", idem.key)
-          .where("expires_at", "<=", now)
-          .execute();
-        const claimed = await trx
-          .insertInto("idempotency_keys")
-          .values({
-            customer_id: idem.customerId,
-            key: idem.key,
-            request_hash: idem.requestHash,
-            order_id: id,
-            created_at: now,
-            expires_at: new Date(now.getTime() + idem.ttlHours * 3_600_000),
-          })
-          .onConflict((oc) => oc.columns(["customer_id", "key"]).doNothing())
-          .returning("order_id")
-          .executeTakeFirst();
-        if (!claimed) throw new KeyTaken();
-
-        const row = await trx
-          .insertInto("orders")
-          .values({
-            id,
-            customer_id: o.customerId,
-            restaurant_id: o.restaurantId,
-            restaurant_name: o.restaurantName,
-            status: "PLACED",
-            version: 1,
-            driver_id: null,
-            lines: sql`${JSON.stringify(o.lines)}::jsonb` as unknown as StoredLine[],
-            delivery_lat: o.delivery.lat,
-            delivery_lng: o.delivery.lng,
-            delivery_address: o.delivery.address,
-            delivery_instructions: o.delivery.instructions,
-            pickup_lat: o.pickup.lat,
-            pickup_lng: o.pickup.lng,
-            currency: o.currency,
-            subtotal_minor: o.subtotalMinor,
-            delivery_fee_minor: o.deliveryFeeMinor,
-            tax_minor: o.taxMinor,
-            tip_minor: o.tipMinor,
-            total_minor: o.totalMinor,
-            eta_min_minutes: o.eta.minMinutes,
-            eta_max_minutes: o.eta.maxMinutes,
-            distance_km: o.distanceKm,
-            cancelled_by_role: null,
-            cancelled_by_id: null,
-            cancellation_reason: null,
-            next_event_seq: 2,
-            created_at: now,
-            updated_at: now,
-          })
-          .returningAll()
-          .executeTakeFirstOrThrow();
-        await trx
-          .insertInto("order_status_history")
-          .values({ order_id: id, seq: 1, kind: "status", status: "PLACED", actor_role: actor.role, actor_id: actor.id, reason: "", driver_id: null, at: now })
-          .execute();
-        const snapshot = toOrder(row);
-        await writeOutbox(trx, [
-          buildEvent(snapshot, 1, actor, now, { case: "placed", value: { total: snapshot.total } }),
-        ]);
-        return snapshot;
-      });
-      committed();
-      return { order, replayed: false };
-    } catch (err) {
-      if (!(err instanceof KeyTaken)) throw err;
-      const existing = await findIdempotent(idem.customerId, idem.key);
-      if (!existing) throw new AbortedError("idempotency key is being replaced concurrently; retry");
-      if (existing.requestHash !== idem.requestHash) {
-        throw new AlreadyExistsError("idempotency-key was already used with a different request");
+    // Two tries: the second runs only after an expired key was removed (an expired key is ignored and replaced).
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const now = new Date();
+      const order = await insertPlaced(newId(), o, idem, now);
+      if (order) {
+        committed();
+        return { order, replayed: false };
       }
-      return { order: existing.order, replayed: true };
+      const existing = await findIdempotent(idem.customerId, idem.key);
+      if (existing) {
+        if (existing.requestHash !== idem.requestHash) {
+          throw new AlreadyExistsError("idempotency-key was already used with a different request");
+        }
+        return { order: existing.order, replayed: true };
+      }
+      const expired = await db
+        .deleteFrom("idempotency_keys")
+        .where("customer_id", "=", idem.customerId)
+        .where("key", "=", idem.key)
+        .where("expires_at", "<=", now)
+        .executeTakeFirst();
+      if (Number(expired.numDeletedRows) === 0) break;
     }
+    throw new AbortedError("idempotency key is being replaced concurrently; retry");
   }
 
   async function get(id: string, o: { timeline?: boolean } = {}): Promise<Order | undefined> {
@@ -539,6 +556,12 @@ export function eventType(e: Event): string {
   return (e.payload.case && PAYLOAD_FIELD_NAMES.get(e.payload.case)) ?? "unknown";
 }
 
+/** The outbox payload of an event. pg sends a Buffer as bytea; a bare Uint8Array would be serialized as JSON. */
+function outboxPayload(e: Event): Buffer {
+  const bin = toBinary(EventSchema, e);
+  return Buffer.from(bin.buffer, bin.byteOffset, bin.byteLength);
+}
+
 async function writeOutbox(trx: Transaction<OrderDatabase>, events: Event[]): Promise<void> {
   if (events.length === 0) return;
   await trx
@@ -549,8 +572,7 @@ async function writeOutbox(trx: Transaction<OrderDatabase>, events: Event[]): Pr
         event_type: eventType(e),
         event_key: e.orderId,
         event_id: e.eventId,
-        // pg sends a Buffer as bytea; a bare Uint8Array would be serialized as JSON.
-        payload: Buffer.from(toBinary(EventSchema, e)),
+        payload: outboxPayload(e),
         published_at: null,
       })),
     )
