@@ -54,37 +54,76 @@ export interface TokenVerifier {
 
 const CLOCK_TOLERANCE_S = 30;
 
-/** Verifies HS256 with the shared secret and, when configured, RS256/ES256 with the public key. */
-export async function createVerifier(auth: AuthConfig): Promise<TokenVerifier> {
+export interface VerifierOptions {
+  /** How many verified tokens to remember (LRU); 0 verifies every call. Default 10,000. */
+  cacheSize?: number;
+  /** Clock for cache expiry (tests). */
+  now?: () => number;
+}
+
+/**
+ * Verifies HS256 with the shared secret and, when configured, RS256/ES256 with the public key.
+ * A verified token's principal is remembered (LRU, keyed by the token string) until the token's
+ * exp: a client sends the same token on every call, and checking its signature again (an HMAC
+ * or RSA operation plus JSON parsing) each time is most of the interceptor's cost. Failures are
+ * never cached. The keys are fixed for the verifier's life, so a cached answer is the answer
+ * verification would give until exp.
+ */
+export async function createVerifier(auth: AuthConfig, opts: VerifierOptions = {}): Promise<TokenVerifier> {
   const keys: { alg: string; key: CryptoKey | Uint8Array }[] = [];
   if (auth.hsSecret) keys.push({ alg: "HS256", key: new TextEncoder().encode(auth.hsSecret) });
   if (auth.publicKeyPem && auth.publicKeyAlg) {
     keys.push({ alg: auth.publicKeyAlg, key: await importSPKI(auth.publicKeyPem, auth.publicKeyAlg) });
   }
   if (keys.length === 0) throw new Error("auth: configure JWT_SECRET or JWT_PUBLIC_KEY");
+  const cacheSize = opts.cacheSize ?? 10_000;
+  const now = opts.now ?? Date.now;
+  // Insertion-ordered: the first key is the least recently used.
+  const cache = new Map<string, { principal: Principal; expiresAtMs: number }>();
+
+  async function verifyUncached(token: string): Promise<{ principal: Principal; expiresAtMs: number }> {
+    let payload: JWTPayload | undefined;
+    let lastErr: unknown;
+    for (const { alg, key } of keys) {
+      try {
+        ({ payload } = await jwtVerify(token, key, {
+          algorithms: [alg],
+          issuer: auth.issuer,
+          audience: auth.audience,
+          clockTolerance: CLOCK_TOLERANCE_S,
+          requiredClaims: ["sub", "exp"],
+          currentDate: new Date(now()),
+        }));
+        break;
+      } catch (err) {
+        lastErr = err;
+      }
+    }
+    if (!payload) {
+      if (lastErr instanceof joseErrors.JWTExpired) throw new ConnectError("token expired", Code.Unauthenticated);
+      throw new ConnectError("invalid token", Code.Unauthenticated);
+    }
+    return { principal: Object.freeze(principalFromClaims(payload)), expiresAtMs: (payload.exp as number) * 1000 };
+  }
+
   return {
     async verify(token) {
-      let payload: JWTPayload | undefined;
-      let lastErr: unknown;
-      for (const { alg, key } of keys) {
-        try {
-          ({ payload } = await jwtVerify(token, key, {
-            algorithms: [alg],
-            issuer: auth.issuer,
-            audience: auth.audience,
-            clockTolerance: CLOCK_TOLERANCE_S,
-            requiredClaims: ["sub", "exp"],
-          }));
-          break;
-        } catch (err) {
-          lastErr = err;
+      if (cacheSize <= 0) return (await verifyUncached(token)).principal;
+      const hit = cache.get(token);
+      if (hit) {
+        cache.delete(token);
+        if (now() < hit.expiresAtMs) {
+          cache.set(token, hit);
+          return hit.principal;
         }
       }
-      if (!payload) {
-        if (lastErr instanceof joseErrors.JWTExpired) throw new ConnectError("token expired", Code.Unauthenticated);
-        throw new ConnectError("invalid token", Code.Unauthenticated);
+      const entry = await verifyUncached(token);
+      // Only tokens that are valid by their exp as well as by the tolerance are remembered.
+      if (now() < entry.expiresAtMs) {
+        cache.set(token, entry);
+        if (cache.size > cacheSize) cache.delete(cache.keys().next().value!);
       }
-      return principalFromClaims(payload);
+      return entry.principal;
     },
   };
 }
