@@ -50,10 +50,19 @@ export function createPeers(opts: PeerOptions): (name: ServiceName) => Transport
     if (!t) cache.set(name, (t = make(name)));
     return t;
   };
-  return (name) => ({
-    unary: (...args) => get(name).unary(...args),
-    stream: (...args) => get(name).stream(...args),
-  });
+  // One lazy handle per peer; each call goes straight to the made transport (no rest/spread arrays per call).
+  const handles = new Map<ServiceName, Transport>();
+  return (name) => {
+    let h = handles.get(name);
+    if (!h) {
+      h = {
+        unary: (method, signal, timeoutMs, header, input, contextValues) => get(name).unary(method, signal, timeoutMs, header, input, contextValues),
+        stream: (method, signal, timeoutMs, header, input, contextValues) => get(name).stream(method, signal, timeoutMs, header, input, contextValues),
+      };
+      handles.set(name, h);
+    }
+    return h;
+  };
 }
 
 /** A token source that mints service tokens and refreshes them well before they expire. */
