@@ -2,14 +2,13 @@ import assert from "node:assert/strict";
 import { fromBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, createRouterTransport, type CallOptions, type Client, type Transport } from "@connectrpc/connect";
 import { sql, type Kysely } from "kysely";
-import pg from "pg";
 import type { CartLine } from "../../gen/dabba/catalog/v1/catalog_service_pb.js";
 import { ActorRole } from "../../gen/dabba/common/v1/common_pb.js";
 import { EventSchema, type Event } from "../../gen/dabba/events/v1/events_pb.js";
 import { OrderStatus, TimelineKind, type Order } from "../../gen/dabba/order/v1/order_pb.js";
 import { OrderService, type WatchRestaurantOrdersResponse } from "../../gen/dabba/order/v1/order_service_pb.js";
 import { createCatalogService } from "../../services/catalog/index.js";
-import { createCatalogStore, type NewRestaurant } from "../../services/catalog/store.js";
+import { createCatalogStore } from "../../services/catalog/store.js";
 import { createOrderService } from "../../services/order/index.js";
 import { authInterceptor, bearer, createVerifier, mintToken, type Role } from "../../services/platform/auth.js";
 import { defaultOrderConfig, testConfig, type Config } from "../../services/platform/config.js";
@@ -17,7 +16,9 @@ import { openDb, type Db } from "../../services/platform/db.js";
 import { createLogger } from "../../services/platform/logger.js";
 import { openRedis, type RedisPorts } from "../../services/platform/redis.js";
 import type { ServiceDeps, ServiceModule } from "../../services/platform/service.js";
-import { postgresUrl, redisUrl, requireReal, uniqueId } from "../helpers/backends.js";
+import { redisUrl, requireReal, uniqueId } from "../helpers/backends.js";
+import { fixtureRestaurant } from "../helpers/fixtures.js";
+import { createRunDatabase } from "../helpers/run-database.js";
 
 // ---------------------------------------------------------------------------------------------
 // Environment: the real catalog and the order service behind the auth interceptor, over a
@@ -37,100 +38,19 @@ interface Env {
   close(): Promise<void>;
 }
 
-/**
- * A database of this run only: the catalog's and the order service's tables, migration tables
- * and rows are invisible to other suites sharing the server (and theirs to us).
- */
-async function createRunDatabase(name: string): Promise<string> {
-  await withAdmin((c) => c.query(`create database ${name}`));
-  const u = new URL(postgresUrl());
-  u.pathname = `/${name}`;
-  return u.toString();
-}
-
-async function dropRunDatabase(name: string): Promise<void> {
-  await withAdmin((c) => c.query(`drop database if exists ${name} with (force)`));
-}
-
-async function withAdmin<T>(f: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: postgresUrl() });
-  await c.connect();
-  try {
-    return await f(c);
-  } finally {
-    await c.end();
-  }
-}
-
-function fixtureRestaurant(id: string, isOpen: boolean): NewRestaurant {
-  const hours = [0, 1, 2, 3, 4, 5, 6].map((d) => ({ dayOfWeek: d, openMinute: 0, closeMinute: 1440 }));
-  return {
-    id,
-    name: `Dosa Test Kitchen ${id}`,
-    description: "fixture",
-    lat: 12.9716,
-    lng: 77.5946,
-    address: "MG Road 1",
-    cuisines: ["indian"],
-    rating: 4.5,
-    ratingCount: 100,
-    priceLevel: 2,
-    hours,
-    isOpen,
-    deliveryRadiusKm: 10,
-    avgPrepMinutes: 15,
-    popularity: 0.5,
-    currency: "USD",
-    city: "bengaluru",
-    utcOffsetMinutes: 330,
-    searchText: "dosa test kitchen indian",
-    categories: [
-      {
-        id: `${id}-cat`,
-        name: "Mains",
-        items: [
-          { id: `${id}-dosa`, restaurantId: id, categoryId: `${id}-cat`, name: "Masala Dosa", description: "", priceMinor: 450, currency: "USD", available: true, groups: [] },
-          {
-            id: `${id}-biryani`,
-            restaurantId: id,
-            categoryId: `${id}-cat`,
-            name: "Chicken Biryani",
-            description: "",
-            priceMinor: 1200,
-            currency: "USD",
-            available: true,
-            groups: [
-              {
-                id: `${id}-extras`,
-                name: "Extras",
-                minChoices: 0,
-                maxChoices: 2,
-                options: [
-                  { id: `${id}-raita`, name: "Raita", priceDeltaMinor: 80, available: true },
-                  { id: `${id}-egg`, name: "Egg", priceDeltaMinor: 60, available: true },
-                ],
-              },
-            ],
-          },
-        ],
-      },
-    ],
-  };
-}
-
 async function openEnv(kind: "embedded" | "real", overrides: Partial<Config["orders"]> = {}): Promise<Env> {
   const cfg = testConfig({ orders: { ...defaultOrderConfig, placeRatePerMinute: PLACE_RATE, ...overrides } });
   const logger = createLogger("silent");
   const run = uniqueId();
-  const dbName = `order_test_${run}`;
-  const db = kind === "real"
-    ? await openDb({ databaseUrl: await createRunDatabase(dbName), dataDir: "memory://", poolSize: 20 })
+  const runDb = kind === "real" ? await createRunDatabase("order_test") : undefined;
+  const db = runDb
+    ? await openDb({ databaseUrl: runDb.url, dataDir: "memory://", poolSize: 20 })
     : await openDb({ dataDir: "memory://" });
   let redis: RedisPorts | undefined;
   const cleanup = async () => {
     await redis?.close().catch(() => {});
     await db.close().catch(() => {});
-    if (kind === "real") await dropRunDatabase(dbName);
+    await runDb?.drop();
   };
   try {
     redis = await openRedis({ redisUrl: kind === "real" ? redisUrl() : undefined, keyPrefix: `test:${run}:` });
@@ -160,7 +80,7 @@ async function openEnv(kind: "embedded" | "real", overrides: Partial<Config["ord
 
     const rid = `rst-ord-${run}`;
     const closedRid = `rst-ord-closed-${run}`;
-    await createCatalogStore(db).insertRestaurants([fixtureRestaurant(rid, true), fixtureRestaurant(closedRid, false)]);
+    await createCatalogStore(db).insertRestaurants([fixtureRestaurant(rid), fixtureRestaurant(closedRid, { isOpen: false })]);
     await catalog.start();
     await order.start();
 
