@@ -1,4 +1,4 @@
-import { sql, type Kysely, type Transaction } from "kysely";
+import { sql, type Kysely, type RawBuilder, type Transaction } from "kysely";
 import type { Db } from "../platform/db.js";
 import type { CatalogTables, GroupRow, HoursJson, ItemRow, OptionRow, RestaurantRow } from "./db/tables.js";
 import {
@@ -74,6 +74,20 @@ type K = Kysely<CatalogTables>;
 
 const EARTH_RADIUS_M = EARTH_RADIUS_KM * 1000;
 
+/** Upper bound of the distance-free part of the score (rating <= 5 and popularity <= 1 by CHECK). */
+const MAX_STATIC_SCORE = W_RATING + W_POPULARITY;
+
+/**
+ * First reach of a geo-only search, as a fraction of its radius, and how it widens. Measured on
+ * the 50,000-restaurant bench city (~25 per km²): the 21st best score of a first page is ~0.86,
+ * so restaurants beyond ~0.31 of the radius cannot reach it.
+ */
+const FIRST_REACH = 0.35;
+const REACH_GROWTH = 1.6;
+
+/** Deepest result (offset + limit) served by a narrowed reach; deeper pages score the whole radius. */
+const MAX_NARROW_K = 128;
+
 /** Rows per INSERT statement in bulk loads (unnest of column arrays: few parameters, fast to parse). */
 const BULK_ROWS = 2000;
 
@@ -115,14 +129,15 @@ export function createCatalogStore(db: Db): CatalogStore {
     async search(q) {
       const radiusM = q.radiusKm * 1000;
       const point = sql`ll_to_earth(${q.lat}::float8, ${q.lng}::float8)`;
-      // Straight-line (chord) distance in metres: cube_distance is plain C, unlike the SQL
-      // function earth_distance; within 50 km chord and arc differ by less than 1e-5 relative.
-      // The radius test converts the arc radius to its chord exactly.
-      const chord = sql`cube_distance(r.geo, ${point})`;
+      // Straight-line (chord) distance in metres, cube's `<->` (cube_distance): plain C, and the
+      // ordering operator of the GiST index, so the walk below comes out nearest-first. Within
+      // 50 km chord and arc differ by less than 1e-5 relative; the radius test converts the arc
+      // radius to its chord exactly.
+      const chord = sql`(r.geo <-> ${point})`;
       const words = q.query ? queryWords(q.query) : [];
       const where = [
-        // Index-driven prefilter: the GiST index on geo answers the box; the box only needs to
-        // reach as far as the widest delivery radius (nobody farther delivers here).
+        // The walk never leaves the box that reaches as far as the widest delivery radius
+        // (nobody farther delivers here); the box is also what ends a walk that finds too few.
         sql`earth_box(${point}, LEAST(${radiusM}::float8, (SELECT max(delivery_radius_km) FROM catalog_restaurants) * 1000)) @> r.geo`,
         sql`${chord} <= ${2 * EARTH_RADIUS_M}::float8 * sin(LEAST(${radiusM}::float8, r.delivery_radius_km * 1000) / ${2 * EARTH_RADIUS_M}::float8)`,
       ];
@@ -133,41 +148,68 @@ export function createCatalogStore(db: Db): CatalogStore {
         where.push(sql`r.is_open AND r.open_week @> (((${m}::int + r.utc_offset_minutes) % ${MINUTES_PER_WEEK} + ${MINUTES_PER_WEEK}) % ${MINUTES_PER_WEEK})`);
       }
       const run = async (exec: K | Transaction<CatalogTables>) => {
-        let text = sql`0`;
+        let text = sql`0::float8`;
+        let textMax = 0;
         if (words.length > 0) {
           // Step 1: similar terms per query word (trigram GIN on catalog_terms; the threshold of
           // %> is set for this transaction only).
           await sql`SELECT set_config('pg_trgm.word_similarity_threshold', ${String(q.textThreshold)}, true)`.execute(exec);
           const matches = (
-            await sql<{ w: number; term: string; sim: number }>`
-              SELECT w.i AS w, t.term, word_similarity(w.word, t.term) AS sim
+            await sql<{ w: number; id: number; sim: number }>`
+              SELECT w.i AS w, t.id, word_similarity(w.word, t.term) AS sim
               FROM unnest(${words}::text[]) WITH ORDINALITY AS w(word, i)
               JOIN catalog_terms t ON t.term %> w.word`.execute(exec)
           ).rows;
           if (matches.length === 0) return [];
-          // Step 2: restaurants having any matched term (array GIN), scored by the mean over
-          // query words of the best similarity among the restaurant's terms.
-          const terms = matches.map((m) => m.term);
-          where.push(sql`r.terms && ${[...new Set(terms)]}::text[]`);
-          text = sql`(COALESCE((SELECT sum(best) FROM (
-              SELECT max(m.sim) AS best FROM unnest(${terms}::text[], ${matches.map((m) => Number(m.sim))}::float8[], ${matches.map((m) => Number(m.w))}::int[]) AS m(term, sim, w)
-              WHERE m.term = ANY (r.terms) GROUP BY m.w) b), 0) / ${words.length}::float8)`;
+          // Step 2: restaurants having any matched term; text similarity = mean over query words
+          // of the best similarity among the restaurant's terms: per word, a CASE testing the
+          // matched terms from the most similar down (all of it answered from the index).
+          const perWord: RawBuilder<unknown>[] = [];
+          for (let w = 1; w <= words.length; w++) {
+            const bySim = new Map<number, number[]>();
+            for (const m of matches) if (Number(m.w) === w) bySim.set(Number(m.sim), [...(bySim.get(Number(m.sim)) ?? []), Number(m.id)]);
+            if (bySim.size === 0) continue;
+            const levels = [...bySim.entries()].sort((a, b) => b[0] - a[0]);
+            textMax += levels[0][0];
+            perWord.push(sql`CASE ${sql.join(levels.map(([sim, ids]) => sql`WHEN r.term_ids && ${ids}::int4[] THEN ${sim}::float8`), sql` `)} ELSE 0::float8 END`);
+          }
+          textMax /= words.length;
+          where.push(sql`r.term_ids && ${[...new Set(matches.map((m) => Number(m.id)))]}::int4[]`);
+          text = sql`((${sql.join(perWord, sql` + `)}) / ${words.length}::float8)`;
         }
-        const score = sql`(${W_DISTANCE}::float8 * GREATEST(0, 1 - ${chord} / ${radiusM}::float8)
-          + ${W_RATING}::float8 * (r.rating / 5) + ${W_POPULARITY}::float8 * r.popularity + ${W_TEXT}::float8 * ${text})`;
-        // Rank over the narrow columns (index-only for geo-only searches), then fetch the page's rows.
-        const query = sql<RestaurantRow & { chord_m: number; score: number }>`
-          SELECT ${sql.join(RESTAURANT_COLUMNS.map((c) => sql.ref(`x.${c}`)))}, top.chord_m, top.score
-          FROM (
-            SELECT r.id, ${chord} AS chord_m, ${score} AS score
-            FROM catalog_restaurants r
-            WHERE ${sql.join(where, sql` AND `)}
-            ORDER BY score DESC, r.id
-            LIMIT ${q.limit} OFFSET ${q.offset}
-          ) top
-          JOIN catalog_restaurants x ON x.id = top.id
-          ORDER BY top.score DESC, top.id`;
-        return (await query.execute(exec)).rows;
+        const score = sql`(${W_DISTANCE}::float8 * GREATEST(0, 1 - ${chord} / ${radiusM}::float8) + r.static_score + ${W_TEXT}::float8 * ${text})`;
+        // Top-k with early termination. Score the eligible restaurants within `reach` of the
+        // point (an index-only scan of the box around it); every restaurant farther away scores
+        // at most W_DISTANCE * (1 - reach / radius) + MAX_STATIC_SCORE + W_TEXT * textMax. Once
+        // that is below the k-th best score found, the page is exact; otherwise widen the reach.
+        // A filter or text leaves few candidates per km² (and text makes the bound loose) and a
+        // deep page needs many: those start at the whole radius, which is the full scoring.
+        const topK = q.offset + q.limit;
+        const narrow = words.length === 0 && q.cuisines.length === 0 && q.minRating === 0 && !q.openNow && topK <= MAX_NARROW_K;
+        for (let reach = narrow ? FIRST_REACH * radiusM : radiusM; ; reach = Math.min(radiusM, reach * REACH_GROWTH)) {
+          const full = reach >= radiusM;
+          const rows = (
+            await sql<RestaurantRow & { seen: number; kth: number | null; chord_m: number | null; score: number | null }>`
+              WITH c AS MATERIALIZED (
+                SELECT r.id, ${chord} AS chord_m, ${score} AS score
+                FROM catalog_restaurants r
+                WHERE ${sql.join(full ? where : [sql`earth_box(${point}, ${reach}::float8) @> r.geo AND ${chord} <= ${reach}::float8`, ...where.slice(1)], sql` AND `)}
+              ), s AS (
+                SELECT count(*)::int AS seen,
+                  (SELECT c2.score FROM c c2 ORDER BY c2.score DESC, c2.id OFFSET ${topK - 1} LIMIT 1) AS kth
+                FROM c
+              ), top AS (
+                SELECT c.* FROM c ORDER BY c.score DESC, c.id LIMIT ${q.limit} OFFSET ${q.offset}
+              )
+              SELECT s.seen, s.kth, ${sql.join(RESTAURANT_COLUMNS.map((col) => sql.ref(`x.${col}`)))}, top.chord_m, top.score
+              FROM s LEFT JOIN (top JOIN catalog_restaurants x ON x.id = top.id) ON true
+              ORDER BY top.score DESC, top.id`.execute(exec)
+          ).rows;
+          const { kth } = rows[0];
+          const bound = W_DISTANCE * Math.max(0, 1 - reach / radiusM) + MAX_STATIC_SCORE + W_TEXT * textMax;
+          // The margin keeps float rounding (~1e-16) from ever cutting a row that ties.
+          if (full || (kth !== null && bound < Number(kth) - 1e-9)) return rows.filter((r) => r.id !== null);
+        }
       };
       const rows = words.length > 0 ? await k.transaction().execute((trx) => run(trx)) : await run(k);
       return rows.map((r) => {
@@ -176,7 +218,6 @@ export function createCatalogStore(db: Db): CatalogStore {
         return { restaurant, distanceKm: haversineKm(restaurant, q), score: Number(r.score) };
       });
     },
-
     async getRestaurant(id) {
       const row = await k.selectFrom("catalog_restaurants").select(RESTAURANT_COLUMNS).where("id", "=", id).executeTakeFirst();
       return row ? toRestaurant(row as RestaurantRow) : undefined;
@@ -262,12 +303,16 @@ export function createCatalogStore(db: Db): CatalogStore {
       await k.transaction().execute(async (trx) => {
         for (const chunk of chunks(rs, BULK_ROWS)) {
           const col = <T>(f: (r: NewRestaurant) => T) => chunk.map(f);
+          // Terms first: the restaurants' term_ids refer to them.
+          const newTerms = [...new Set(chunk.flatMap((r) => r.searchText.split(" ").filter((t) => t)))].sort();
+          await sql`INSERT INTO catalog_terms (term) SELECT unnest(${newTerms}::text[]) ON CONFLICT DO NOTHING`.execute(trx);
           await sql`
             INSERT INTO catalog_restaurants (id, name, description, address, city, utc_offset_minutes, lat, lng, cuisines, rating,
-              rating_count, price_level, hours, open_week, is_open, geo, delivery_radius_km, avg_prep_minutes, popularity, currency, terms)
+              rating_count, price_level, hours, open_week, is_open, geo, delivery_radius_km, avg_prep_minutes, popularity, currency, terms, term_ids)
             SELECT u.id, u.name, u.description, u.address, u.city, u.utc_offset_minutes, u.lat, u.lng,
               string_to_array(u.cuisines, ','), u.rating, u.rating_count, u.price_level, u.hours::jsonb, u.open_week::int4multirange,
-              u.is_open, ll_to_earth(u.lat, u.lng), u.delivery_radius_km, u.avg_prep_minutes, u.popularity, u.currency, string_to_array(u.terms, ' ')
+              u.is_open, ll_to_earth(u.lat, u.lng), u.delivery_radius_km, u.avg_prep_minutes, u.popularity, u.currency, string_to_array(u.terms, ' '),
+              ARRAY(SELECT t.id FROM catalog_terms t WHERE t.term = ANY (string_to_array(u.terms, ' ')) ORDER BY t.id)
             FROM unnest(${col((r) => r.id)}::text[], ${col((r) => r.name)}::text[], ${col((r) => r.description)}::text[],
               ${col((r) => r.address)}::text[], ${col((r) => r.city)}::text[], ${col((r) => r.utcOffsetMinutes)}::int[],
               ${col((r) => r.lat)}::float8[], ${col((r) => r.lng)}::float8[], ${col((r) => r.cuisines.join(","))}::text[],
@@ -277,8 +322,6 @@ export function createCatalogStore(db: Db): CatalogStore {
               ${col((r) => r.popularity)}::float8[], ${col((r) => r.currency)}::text[], ${col((r) => r.searchText)}::text[])
               AS u(id, name, description, address, city, utc_offset_minutes, lat, lng, cuisines, rating, rating_count, price_level,
                    hours, open_week, is_open, delivery_radius_km, avg_prep_minutes, popularity, currency, terms)`.execute(trx);
-          const newTerms = [...new Set(chunk.flatMap((r) => r.searchText.split(" ").filter((t) => t)))].sort();
-          await sql`INSERT INTO catalog_terms (term) SELECT unnest(${newTerms}::text[]) ON CONFLICT DO NOTHING`.execute(trx);
         }
         for (const chunk of chunks(cats, BULK_ROWS)) {
           await sql`INSERT INTO catalog_categories (id, restaurant_id, name, position)

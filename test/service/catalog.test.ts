@@ -1,8 +1,6 @@
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, createRouterTransport, type Client } from "@connectrpc/connect";
-import { Migrator, sql } from "kysely";
-import pg from "pg";
 import {
   CartLineSchema,
   CatalogService,
@@ -11,16 +9,17 @@ import {
   type SearchRestaurantsRequest,
 } from "../../gen/dabba/catalog/v1/catalog_service_pb.js";
 import { LatLngSchema } from "../../gen/dabba/common/v1/common_pb.js";
-import { createCatalogService } from "../../services/catalog/index.js";
+import { createCatalogService, DEMO_RESTAURANTS } from "../../services/catalog/index.js";
 import { rankScore, searchText, type Hours, type ItemInfo } from "../../services/catalog/domain.js";
-import { seedCity } from "../../services/catalog/seed.js";
+import { DEMO_CITY, seedCity } from "../../services/catalog/seed.js";
 import { createCatalogStore, type NewRestaurant } from "../../services/catalog/store.js";
 import { authInterceptor, createVerifier, mintToken, type Role } from "../../services/platform/auth.js";
 import { testConfig } from "../../services/platform/config.js";
 import { openDb, type Db } from "../../services/platform/db.js";
 import { createLogger } from "../../services/platform/logger.js";
 import type { RedisPorts } from "../../services/platform/redis.js";
-import { postgresUrl, requireReal, uniqueId } from "../helpers/backends.js";
+import { requireReal } from "../helpers/backends.js";
+import { createRunDatabase } from "../helpers/run-database.js";
 
 // Fixture town far from the seeded demo city, so ranking and filter checks see only these.
 const P = { lat: 13.5, lng: 78.5 };
@@ -98,7 +97,7 @@ for (const backend of ["pglite", "postgres"] as Backend[]) {
     this.timeout(120_000);
     const cfg = testConfig();
     let db: Db;
-    let schema: string | undefined;
+    let run: { url: string; drop(): Promise<void> } | undefined;
     let client: Client<typeof CatalogService>;
     const tokens: Partial<Record<string, string>> = {};
     const as = (who: string) => ({ headers: { authorization: `Bearer ${tokens[who]}` } });
@@ -106,15 +105,10 @@ for (const backend of ["pglite", "postgres"] as Backend[]) {
     before(async function () {
       if (backend === "postgres") {
         await requireReal("postgres", this);
-        // A fresh schema per run: shared Postgres, nothing of anyone else's is touched.
-        schema = `catalog_test_${uniqueId()}`;
-        const admin = new pg.Client({ connectionString: postgresUrl() });
-        await admin.connect();
-        await admin.query(`CREATE SCHEMA ${schema}`);
-        await admin.end();
-        const url = new URL(postgresUrl());
-        url.searchParams.set("options", `-c search_path=${schema},public`);
-        db = await openDb({ databaseUrl: url.toString(), dataDir: "memory://" });
+        // A database of our own: the shared `test` database holds the search bench's city in
+        // its public schema, which these tests must neither read nor write.
+        run = await createRunDatabase("catalog_test");
+        db = await openDb({ databaseUrl: run.url, dataDir: "memory://" });
       } else {
         db = await openDb({ dataDir: "memory://" });
       }
@@ -122,22 +116,7 @@ for (const backend of ["pglite", "postgres"] as Backend[]) {
         { config: cfg, db, redis: {} as RedisPorts, logger: createLogger("silent"), peer: () => { throw new Error("no peers"); } },
         { now: () => NOW },
       );
-      if (schema) {
-        // db.migrate would find the shared database's public.kysely_migration_catalog (Kysely's
-        // Migrator looks for its table in any schema) and skip; pin the migration table to ours.
-        const { error } = await new Migrator({
-          db: db.kysely,
-          provider: { getMigrations: async () => module.migrations },
-          migrationTableName: "kysely_migration_catalog",
-          migrationLockTableName: "kysely_migration_lock_catalog",
-          migrationTableSchema: schema,
-        }).migrateToLatest();
-        if (error) throw error;
-        const where = await sql<{ s: string }>`SELECT current_schema() AS s`.execute(db.kysely);
-        assert.equal(where.rows[0].s, schema, "tables go to the test schema");
-      } else {
-        await db.migrate("catalog", module.migrations);
-      }
+      await db.migrate("catalog", module.migrations);
       const store = createCatalogStore(db);
       await store.insertRestaurants(FIXTURES);
       await seedCity(db, { seed: 3, restaurants: 60, store });
@@ -156,12 +135,7 @@ for (const backend of ["pglite", "postgres"] as Backend[]) {
 
     after(async () => {
       await db?.close();
-      if (schema) {
-        const admin = new pg.Client({ connectionString: postgresUrl() });
-        await admin.connect();
-        await admin.query(`DROP SCHEMA ${schema} CASCADE`);
-        await admin.end();
-      }
+      await run?.drop();
     });
 
     const search = (fields: Omit<Partial<SearchRestaurantsRequest>, "$typeName" | "$unknown"> = {}, who = "customer") =>
@@ -255,6 +229,22 @@ for (const backend of ["pglite", "postgres"] as Backend[]) {
         const again2 = await client.searchRestaurants(create(SearchRestaurantsRequestSchema, { location: centre, pageSize: 7, pageToken: firstToken }), as("customer"));
         assert.deepEqual(ids(again1), ids(again2));
         assert.deepEqual(ids(again1), all.slice(7, 14));
+      });
+
+      it("gives the same page whether it stops early or scores every candidate", async () => {
+        // A geo-only search stops once no farther restaurant can reach the page; a filter
+        // (min_rating 0.1 excludes none of the seeded city, rated 3 to 5) scores them all.
+        const centre = create(LatLngSchema, { lat: 12.9716, lng: 77.5946 });
+        for (const radiusKm of [1, 2, 10]) {
+          for (const pageSize of [3, 20]) {
+            const req = { location: centre, radiusKm, pageSize };
+            const early = await client.searchRestaurants(create(SearchRestaurantsRequestSchema, req), as("customer"));
+            const full = await client.searchRestaurants(create(SearchRestaurantsRequestSchema, { ...req, minRating: 0.1 }), as("customer"));
+            assert.ok(early.results.length > 0, `radius ${radiusKm}`);
+            assert.deepEqual(ids(early), ids(full), `radius ${radiusKm}, page size ${pageSize}`);
+            assert.deepEqual(early.results.map((r) => r.score), full.results.map((r) => r.score));
+          }
+        }
       });
 
       it("rejects a page token from another search or a forged one", async () => {
@@ -393,3 +383,36 @@ for (const backend of ["pglite", "postgres"] as Backend[]) {
     });
   });
 }
+
+describe("CatalogService demo seed", function () {
+  this.timeout(120_000);
+
+  it("loads the demo city into an empty embedded database and finds restaurants around its centre", async () => {
+    const cfg = testConfig({ demoSeed: true });
+    const db = await openDb({ dataDir: "memory://" });
+    try {
+      const module = createCatalogService({ config: cfg, db, redis: {} as RedisPorts, logger: createLogger("silent"), peer: () => { throw new Error("no peers"); } });
+      await db.migrate("catalog", module.migrations);
+      await module.start();
+      assert.equal(await createCatalogStore(db).countRestaurants(), DEMO_RESTAURANTS);
+      await module.start(); // a second start finds the city there and loads nothing more
+      assert.equal(await createCatalogStore(db).countRestaurants(), DEMO_RESTAURANTS);
+
+      const verifier = await createVerifier(cfg.auth);
+      const transport = createRouterTransport(({ service }) => service(CatalogService, module.impl as any), {
+        router: { interceptors: [authInterceptor(verifier)] },
+      });
+      const client = createClient(CatalogService, transport);
+      const token = await mintToken(cfg.auth, { role: "customer", sub: "c1" });
+      const res = await client.searchRestaurants(
+        create(SearchRestaurantsRequestSchema, { location: create(LatLngSchema, { lat: DEMO_CITY.lat, lng: DEMO_CITY.lng }) }),
+        { headers: { authorization: `Bearer ${token}` } },
+      );
+      assert.equal(res.results.length, 20, "a full first page");
+      assert.ok(res.nextPageToken);
+      assert.ok(res.results.every((r) => r.distanceKm <= 10));
+    } finally {
+      await db.close();
+    }
+  });
+});

@@ -106,4 +106,36 @@ export const catalogMigrations: Record<string, Migration> = {
       }
     },
   },
+  "20261130T1000_catalog_search_knn": {
+    // Search walks restaurants nearest-first (GiST KNN, `geo <-> point`) and stops once no
+    // farther restaurant can reach the page (store.ts). Everything that walk reads and filters
+    // on sits in the index, so it never visits the heap (whose rows are in insertion order,
+    // not in space: a heap visit per candidate was most of the old per-query cost).
+    async up(db: Kysely<any>) {
+      // The distance-free part of the ranking, kept at write time. The weights are
+      // domain.W_RATING and domain.W_POPULARITY; changing them needs a new migration.
+      await sql`ALTER TABLE catalog_restaurants ADD COLUMN static_score double precision
+        GENERATED ALWAYS AS (0.3::float8 * (rating / 5) + 0.25::float8 * popularity) STORED`.execute(db);
+      // Terms as small integer ids: an int4 array stays well below the size at which index
+      // tuples compress their attributes (~500 bytes), which a text[] of ~40 words does not.
+      await sql`ALTER TABLE catalog_terms ADD COLUMN id integer GENERATED ALWAYS AS IDENTITY`.execute(db);
+      await sql`ALTER TABLE catalog_terms ADD CONSTRAINT catalog_terms_id_key UNIQUE (id)`.execute(db);
+      await sql`ALTER TABLE catalog_restaurants ADD COLUMN term_ids integer[] NOT NULL DEFAULT '{}'`.execute(db);
+      await sql`UPDATE catalog_restaurants r
+        SET term_ids = ARRAY(SELECT t.id FROM catalog_terms t WHERE t.term = ANY (r.terms) ORDER BY t.id)`.execute(db);
+      await sql`DROP INDEX catalog_restaurants_geo_idx`.execute(db);
+      // Replaced by term_ids in the geo index; a GIN path would compete with the KNN walk.
+      await sql`DROP INDEX catalog_restaurants_terms_idx`.execute(db);
+      await sql`CREATE INDEX catalog_restaurants_knn_idx ON catalog_restaurants USING gist (geo)
+        INCLUDE (id, delivery_radius_km, static_score, rating, cuisines, is_open, open_week, utc_offset_minutes, term_ids)`.execute(db);
+    },
+    async down(db: Kysely<any>) {
+      await sql`DROP INDEX IF EXISTS catalog_restaurants_knn_idx`.execute(db);
+      await sql`CREATE INDEX catalog_restaurants_terms_idx ON catalog_restaurants USING gin (terms)`.execute(db);
+      await sql`CREATE INDEX catalog_restaurants_geo_idx ON catalog_restaurants USING gist (geo)
+        INCLUDE (id, delivery_radius_km, rating, popularity)`.execute(db);
+      await sql`ALTER TABLE catalog_restaurants DROP COLUMN term_ids, DROP COLUMN static_score`.execute(db);
+      await sql`ALTER TABLE catalog_terms DROP COLUMN id`.execute(db);
+    },
+  },
 };

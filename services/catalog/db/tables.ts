@@ -28,6 +28,10 @@ export interface RestaurantsTable {
   currency: string;
   /** Distinct lower-case words of name, cuisines and dish names; array-GIN indexed. */
   terms: string[];
+  /** Ids (catalog_terms.id) of the same words, for the index-only search walk. */
+  term_ids: ColumnType<number[], number[] | undefined, number[]>;
+  /** Generated: W_RATING * rating / 5 + W_POPULARITY * popularity (the ranking's distance-free part). */
+  static_score: ColumnType<number, never, never>;
   created_at: Generated<Date>;
   updated_at: Generated<Date>;
 }
@@ -41,6 +45,7 @@ export interface HoursJson {
 /** catalog_terms: every distinct word any restaurant is found by; trigram indexed. */
 export interface TermsTable {
   term: string;
+  id: Generated<number>;
 }
 
 /** catalog_categories: menu sections. */
