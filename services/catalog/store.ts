@@ -59,6 +59,8 @@ export interface CatalogStore {
   getMenu(restaurantId: string): Promise<CategoryInfo[]>;
   /** The named items of this restaurant (others' items are simply absent), keyed by id. */
   getItems(restaurantId: string, itemIds: string[]): Promise<Map<string, ItemInfo>>;
+  /** The restaurant and the named items of its menu in one round trip (cart pricing's hot path). */
+  getCart(restaurantId: string, itemIds: string[]): Promise<{ restaurant: RestaurantInfo; items: Map<string, ItemInfo> } | undefined>;
   setItemAvailability(restaurantId: string, itemId: string, optionId: string | undefined, available: boolean): Promise<AvailabilityResult>;
   setRestaurantOpen(id: string, isOpen: boolean): Promise<RestaurantInfo | undefined>;
   countRestaurants(): Promise<number>;
@@ -244,6 +246,25 @@ export function createCatalogStore(db: Db): CatalogStore {
       const rows = await k.selectFrom("catalog_items").selectAll().where("restaurant_id", "=", restaurantId).where("id", "in", ids).execute();
       const items = await loadItems(k, rows);
       return new Map(items.map((i) => [i.id, i]));
+    },
+
+    async getCart(restaurantId, itemIds) {
+      const ids = [...new Set(itemIds)].filter((x) => x);
+      // One statement: the restaurant row plus its requested items, their groups and options as JSON.
+      const { rows } = await sql<RestaurantRow & { cart_items: ItemRow[]; cart_groups: GroupRow[]; cart_options: OptionRow[] }>`
+        select ${sql.join(RESTAURANT_COLUMNS.map((c) => sql.ref(`r.${c}`)))},
+          coalesce((select json_agg(i) from catalog_items i where i.restaurant_id = r.id and i.id = any(${ids}::text[])), '[]') as cart_items,
+          coalesce((select json_agg(g order by g.item_id, g.position) from catalog_groups g
+                    join catalog_items i on i.id = g.item_id
+                    where i.restaurant_id = r.id and i.id = any(${ids}::text[])), '[]') as cart_groups,
+          coalesce((select json_agg(o order by o.item_id, o.position) from catalog_options o
+                    join catalog_items i on i.id = o.item_id
+                    where i.restaurant_id = r.id and i.id = any(${ids}::text[])), '[]') as cart_options
+        from catalog_restaurants r where r.id = ${restaurantId}`.execute(k);
+      const row = rows[0];
+      if (!row) return undefined;
+      const items = assembleItems(row.cart_items, row.cart_groups, row.cart_options);
+      return { restaurant: toRestaurant(row), items: new Map(items.map((i) => [i.id, i])) };
     },
 
     async setItemAvailability(restaurantId, itemId, optionId, available) {

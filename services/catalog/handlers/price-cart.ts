@@ -36,9 +36,9 @@ export function priceCart(deps: HandlerDeps) {
       if (e instanceof CartError) throw cartError(e);
       throw e;
     }
-    const restaurant = await deps.store.getRestaurant(restaurantId);
-    if (!restaurant) throw new NotFoundError(`restaurant ${restaurantId} not found`);
-    const items = await deps.store.getItems(restaurantId, lines.map((l) => l.itemId));
+    const cart = await deps.store.getCart(restaurantId, lines.map((l) => l.itemId));
+    if (!cart) throw new NotFoundError(`restaurant ${restaurantId} not found`);
+    const { restaurant, items } = cart;
     const now = deps.now();
     let priced;
     try {
