@@ -37,7 +37,8 @@ export function grpcServerOptions(maxMessageBytes: number): grpc.ServerOptions {
   };
 }
 
-type AnyImpl = (input: unknown, ctx: HandlerContext) => unknown;
+/** A method implementation with its message types erased. */
+export type AnyImpl = (input: unknown, ctx: HandlerContext) => unknown;
 type AnyFn = (req: UnaryRequest | StreamRequest) => Promise<UnaryResponse | StreamResponse>;
 type ServerCall =
   | grpc.ServerUnaryCall<unknown, unknown>
@@ -60,16 +61,94 @@ export function mountService(
   const handlers: grpc.UntypedServiceImplementation = {};
   for (const method of desc.methods) {
     definition[method.localName] = methodDefinition(desc, method);
-    const fn = (impl as Record<string, unknown>)[method.localName];
-    const methodImpl: AnyImpl =
-      typeof fn == "function"
-        ? (fn.bind(impl) as AnyImpl)
-        : () => {
-            throw new ConnectError(`${desc.typeName}.${method.name} is not implemented`, Code.Unimplemented);
-          };
-    handlers[method.localName] = createHandler(desc, method, methodImpl, opts);
+    handlers[method.localName] = createHandler(desc, method, methodImplOf(desc, method, impl), opts);
   }
   server.addService(definition as grpc.ServiceDefinition, handlers);
+}
+
+/** The implementation of one method, bound to impl; UNIMPLEMENTED when impl lacks it. */
+export function methodImplOf(desc: DescService, method: DescMethod, impl: Partial<ServiceImpl<DescService>>): AnyImpl {
+  const fn = (impl as Record<string, unknown>)[method.localName];
+  if (typeof fn == "function") return fn.bind(impl) as AnyImpl;
+  return () => {
+    throw new ConnectError(`${desc.typeName}.${method.name} is not implemented`, Code.Unimplemented);
+  };
+}
+
+// ------------------------------------------------------------------------------------------
+// Running a call through the server interceptor chain into the implementation. Shared by the
+// grpc-js adapter and the in-process transport (local-transport.ts), so both hand handlers and
+// interceptors the same UnaryRequest/StreamRequest shapes.
+
+/** The handler's view of the call: headers, signal and values may be replaced by interceptors. */
+function mergeContext(ctx: HandlerContext, req: UnaryRequest | StreamRequest): HandlerContext {
+  return { ...ctx, service: req.service, requestHeader: req.header, signal: req.signal, values: req.contextValues };
+}
+
+function requestCommon(ctx: HandlerContext) {
+  return {
+    service: ctx.service,
+    requestMethod: ctx.requestMethod,
+    url: ctx.url,
+    signal: ctx.signal,
+    header: ctx.requestHeader,
+    contextValues: ctx.values,
+  };
+}
+
+/**
+ * Runs a unary call: the interceptors (first = outermost), then impl; the output is normalized
+ * with create(). Response headers and trailers end up in ctx.responseHeader/responseTrailer.
+ */
+export async function invokeUnary(ctx: HandlerContext, impl: AnyImpl, interceptors: Interceptor[], message: unknown): Promise<UnaryResponse> {
+  const method = ctx.method;
+  const output = method.output;
+  const anyFn: AnyFn = async (req) => {
+    const out = await impl((req as UnaryRequest).message, mergeContext(ctx, req));
+    return { service: ctx.service, header: ctx.responseHeader, trailer: ctx.responseTrailer, stream: false, method, message: create(output, out as never) } as UnaryResponse;
+  };
+  const res = (await applyInterceptors(anyFn, interceptors)({ ...requestCommon(ctx), stream: false, method, message } as UnaryRequest)) as UnaryResponse;
+  copyHeaders(res.header, ctx.responseHeader);
+  copyHeaders(res.trailer, ctx.responseTrailer);
+  return res;
+}
+
+/**
+ * Starts a streaming call (server, client or bidi) through the interceptors; output messages are
+ * normalized with create() as they are read. A client-streaming call answers with a one-message
+ * stream. Response headers are copied into ctx.responseHeader here; trailers are for the caller
+ * to copy once the stream is read.
+ */
+export async function invokeStream(ctx: HandlerContext, impl: AnyImpl, interceptors: Interceptor[], input: AsyncIterable<unknown>): Promise<StreamResponse> {
+  const method = ctx.method;
+  const kind = method.methodKind;
+  const output = method.output;
+  const anyFn: AnyFn = async (req) => {
+    const merged = mergeContext(ctx, req);
+    const reqs = (req as StreamRequest).message;
+    let out: AsyncIterable<unknown>;
+    if (kind == "client_streaming") out = single(create(output, (await impl(reqs, merged)) as never));
+    else if (kind == "server_streaming") out = normalized(output, impl(await first(reqs, "server-streaming"), merged) as AsyncIterable<unknown>);
+    else out = normalized(output, impl(reqs, merged) as AsyncIterable<unknown>);
+    return { service: ctx.service, header: ctx.responseHeader, trailer: ctx.responseTrailer, stream: true, method, message: out } as StreamResponse;
+  };
+  const res = (await applyInterceptors(anyFn, interceptors)({ ...requestCommon(ctx), stream: true, method, message: input } as StreamRequest)) as StreamResponse;
+  copyHeaders(res.header, ctx.responseHeader);
+  return res;
+}
+
+/** Output messages normalized with create() (a no-op for complete messages), keeping return/throw of the source. */
+function normalized(desc: DescMessage, messages: AsyncIterable<unknown>): AsyncIterable<unknown> {
+  return {
+    [Symbol.asyncIterator]() {
+      const it = messages[Symbol.asyncIterator]();
+      const map = (r: IteratorResult<unknown>): IteratorResult<unknown> => (r.done ? r : { done: false, value: create(desc, r.value as never) });
+      const out: AsyncIterator<unknown> = { next: () => it.next().then(map) };
+      if (it.return) out.return = (v?: unknown) => it.return!(v).then(map);
+      if (it.throw) out.throw = (e?: unknown) => it.throw!(e).then(map);
+      return out;
+    },
+  };
 }
 
 function methodDefinition(desc: DescService, method: DescMethod): grpc.MethodDefinition<unknown, unknown> {
@@ -225,7 +304,6 @@ function createHandler(desc: DescService, method: DescMethod, impl: AnyImpl, opt
   const { logger, tracker } = opts;
   const kind = method.methodKind;
   const path = `/${desc.typeName}/${method.name}`;
-  const output = method.output;
 
   return (call: ServerCall, callback?: grpc.sendUnaryData<unknown>) => {
     const done = tracker.begin(kind == "unary" ? "unary" : "stream");
@@ -260,24 +338,6 @@ function createHandler(desc: DescService, method: DescMethod, impl: AnyImpl, opt
       finish();
     });
 
-    // The handler's view of the call: headers and signal may be replaced by interceptors.
-    const merge = (req: UnaryRequest | StreamRequest): HandlerContext => ({
-      ...ctx,
-      service: req.service,
-      requestHeader: req.header,
-      signal: req.signal,
-      values: req.contextValues,
-    });
-    const common = {
-      service: desc,
-      requestMethod: "POST",
-      url: path,
-      signal: ctx.signal,
-      header: ctx.requestHeader,
-      contextValues: ctx.values,
-    };
-    const responseCommon = { service: desc, header: ctx.responseHeader, trailer: ctx.responseTrailer };
-
     const status = (err: unknown): grpc.StatusObject => {
       // When the deadline passed or the client cancelled, whatever the handler threw as a
       // consequence (an AbortError, say) is reported as that cause.
@@ -299,18 +359,11 @@ function createHandler(desc: DescService, method: DescMethod, impl: AnyImpl, opt
 
     if (kind == "unary") {
       const c = call as grpc.ServerUnaryCall<unknown, unknown>;
-      const anyFn: AnyFn = async (req) => {
-        const out = await impl((req as UnaryRequest).message, merge(req));
-        return { ...responseCommon, stream: false, method, message: create(output, out as never) } as UnaryResponse;
-      };
-      const next = applyInterceptors(anyFn, opts.interceptors);
-      next({ ...common, stream: false, method, message: c.request } as UnaryRequest)
+      invokeUnary(ctx, impl, opts.interceptors, c.request)
         .then((res) => {
-          copyHeaders(res.header, ctx.responseHeader);
-          copyHeaders(res.trailer, ctx.responseTrailer);
           if (finished) return;
           sendHeaders();
-          callback!(null, (res as UnaryResponse).message, headersToMetadata(ctx.responseTrailer));
+          callback!(null, res.message, headersToMetadata(ctx.responseTrailer));
         })
         .catch((err: unknown) => {
           const s = status(err);
@@ -324,15 +377,8 @@ function createHandler(desc: DescService, method: DescMethod, impl: AnyImpl, opt
 
     if (kind == "client_streaming") {
       const c = call as grpc.ServerReadableStream<unknown, unknown>;
-      const anyFn: AnyFn = async (req) => {
-        const out = await impl((req as StreamRequest).message, merge(req));
-        return { ...responseCommon, stream: true, method, message: single(create(output, out as never)) } as StreamResponse;
-      };
-      const next = applyInterceptors(anyFn, opts.interceptors);
-      const input = requestMessages(c, ctx.signal);
       (async () => {
-        const res = await next({ ...common, stream: true, method, message: input } as StreamRequest);
-        copyHeaders(res.header, ctx.responseHeader);
+        const res = await invokeStream(ctx, impl, opts.interceptors, requestMessages(c, ctx.signal));
         const message = await first(res.message as AsyncIterable<unknown>, "client-streaming");
         copyHeaders(res.trailer, ctx.responseTrailer);
         return message;
@@ -358,23 +404,12 @@ function createHandler(desc: DescService, method: DescMethod, impl: AnyImpl, opt
       kind == "server_streaming"
         ? single((c as grpc.ServerWritableStream<unknown, unknown>).request)
         : requestMessages(c as grpc.ServerDuplexStream<unknown, unknown>, ctx.signal);
-    const anyFn: AnyFn = async (req) => {
-      const merged = merge(req);
-      const reqs = (req as StreamRequest).message;
-      const out =
-        kind == "server_streaming"
-          ? impl(await first(reqs, "server-streaming"), merged)
-          : impl(reqs, merged);
-      return { ...responseCommon, stream: true, method, message: out as AsyncIterable<unknown> } as StreamResponse;
-    };
-    const next = applyInterceptors(anyFn, opts.interceptors);
     (async () => {
-      const res = await next({ ...common, stream: true, method, message: input } as StreamRequest);
-      copyHeaders(res.header, ctx.responseHeader);
-      for await (const out of res.message as AsyncIterable<unknown>) {
+      const res = await invokeStream(ctx, impl, opts.interceptors, input);
+      for await (const out of res.message) {
         if (finished || c.cancelled || c.destroyed) break;
         sendHeaders();
-        if (!c.write(create(output, out as never))) await drained(c, ctx.signal);
+        if (!c.write(out)) await drained(c, ctx.signal);
       }
       copyHeaders(res.trailer, ctx.responseTrailer);
     })()

@@ -1,6 +1,7 @@
 import { Code, ConnectError, createRouterTransport, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { bearer } from "./auth.js";
+import { createLocalTransport } from "./local-transport.js";
 import type { ServiceModule, ServiceName } from "./service.js";
 
 export interface PeerOptions {
@@ -17,8 +18,9 @@ export interface PeerOptions {
 
 /**
  * Chooses, per peer, the transport services use to call each other through generated clients:
- * in-process (a router transport over the co-hosted implementation, same interceptors as the
- * listeners) when the peer is hosted here, gRPC over HTTP/2 to <SERVICE>_ADDR otherwise.
+ * in-process (local-transport.ts: a direct call into the co-hosted implementation through the
+ * same interceptors as the listeners, no serialisation) when the peer is hosted here, gRPC over
+ * HTTP/2 to <SERVICE>_ADDR otherwise.
  * Transports are made on first use so modules can be created before their peers.
  */
 export function createPeers(opts: PeerOptions): (name: ServiceName) => Transport {
@@ -27,9 +29,17 @@ export function createPeers(opts: PeerOptions): (name: ServiceName) => Transport
   const make = (name: ServiceName): Transport => {
     const local = opts.hosted().get(name);
     if (local) {
-      return createRouterTransport(({ service }) => service(local.desc, local.impl), {
-        router: { interceptors: opts.serverInterceptors, readMaxBytes: opts.maxMessageBytes },
-        transport: { interceptors: clientInterceptors },
+      return createLocalTransport({
+        desc: local.desc,
+        impl: local.impl,
+        serverInterceptors: opts.serverInterceptors,
+        clientInterceptors,
+        // Client and bidi streams (no service calls one in-process today) keep the full protocol.
+        fallback: () =>
+          createRouterTransport(({ service }) => service(local.desc, local.impl), {
+            router: { interceptors: opts.serverInterceptors, readMaxBytes: opts.maxMessageBytes },
+            transport: { interceptors: clientInterceptors },
+          }),
       });
     }
     const addr = opts.addrs[name];
