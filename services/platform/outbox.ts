@@ -1,7 +1,7 @@
 import { sql } from "kysely";
 import type { Db } from "./db.js";
 import type { Logger } from "./logger.js";
-import type { EventLog, StreamEntry } from "./redis.js";
+import type { EventLog, EventLogEntry, StreamEntry } from "./redis.js";
 
 /**
  * Transactional outbox relay and event consumer helper.
@@ -11,8 +11,8 @@ import type { EventLog, StreamEntry } from "./redis.js";
  *          event_id text unique, payload bytea, created_at timestamptz, published_at timestamptz null)
  *
  * Ordering: one relay at a time holds `pg_try_advisory_xact_lock` for the table, reads the
- * oldest unpublished rows by id, appends them to the streams with one MULTI per stream, marks
- * them published and commits. Other relays skip the round and retry, so the stream order is
+ * oldest unpublished rows by id, appends them to the streams with one MULTI per stream (sent
+ * together, one round trip), marks them published and commits. Other relays skip the round and retry, so the stream order is
  * the id order of the rows committed when each batch was read. A row whose id is smaller but
  * whose transaction commits later than a relayed row lands after it: per-key order therefore
  * relies on writers of one key serializing (the order row's compare-and-set does), and the
@@ -100,18 +100,15 @@ export function createOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
         .execute()) as Pick<OutboxTable, "id" | "stream" | "event_type" | "event_key" | "event_id" | "payload">[];
       if (rows.length === 0) return { locked: true, published: 0 } as const;
 
-      // Consecutive runs per stream keep the global id order within each stream.
-      let i = 0;
-      while (i < rows.length) {
-        const stream = rows[i]!.stream;
-        let j = i;
-        while (j < rows.length && rows[j]!.stream === stream) j++;
-        await eventLog.appendMany(
-          stream,
-          rows.slice(i, j).map((r) => ({ type: r.event_type, key: r.event_key, eventId: r.event_id, data: r.payload })),
-        );
-        i = j;
+      // One MULTI per stream for the whole batch (rows in id order within each stream), all sent
+      // together: one Redis round trip per batch however many rows and streams it holds.
+      const byStream = new Map<string, EventLogEntry[]>();
+      for (const r of rows) {
+        let entries = byStream.get(r.stream);
+        if (!entries) byStream.set(r.stream, (entries = []));
+        entries.push({ type: r.event_type, key: r.event_key, eventId: r.event_id, data: r.payload });
       }
+      await Promise.all([...byStream].map(([stream, entries]) => eventLog.appendMany(stream, entries)));
       await trx
         .updateTable(table)
         .set({ published_at: sql`now()` })
@@ -277,21 +274,33 @@ export function createConsumer(opts: ConsumerOptions): Consumer {
   let groupReady = false;
   let lastClaim = 0;
 
+  // One XACK per read rather than per entry: an entry is acked only after its handler succeeded
+  // (at least once still holds), just a few ms later. If the process dies or the ack fails
+  // before it is sent, the batch's entries stay pending and are claimed again after
+  // claimIdleMs; handled ones are then skipped by event id (in this process) or handled again
+  // (idempotent handlers, as for any redelivery).
   async function process(entries: StreamEntry[]): Promise<number> {
-    let n = 0;
+    const done: string[] = [];
     for (const e of entries) {
       try {
         if (!(await seen.has(e.eventId))) {
           await handle(e);
           await seen.add(e.eventId);
         }
-        await eventLog.ack(stream, group, [e.id]);
-        n++;
+        done.push(e.id);
       } catch (err) {
         logger?.error({ err, entryId: e.id, eventId: e.eventId, type: e.type }, "event handler failed; left pending");
       }
     }
-    return n;
+    if (done.length > 0) {
+      try {
+        await eventLog.ack(stream, group, done);
+      } catch (err) {
+        logger?.error({ err, entries: done.length }, "ack failed; entries left pending and will be claimed again");
+        return 0;
+      }
+    }
+    return done.length;
   }
 
   async function ensureGroup(): Promise<void> {
