@@ -12,7 +12,7 @@ run: ## run every service in one process on the embedded defaults (PGlite, in-pr
 
 generate: ## regenerate gen/ (and the test fixtures) from the protos with buf
 	npx buf generate
-	npx buf generate test/fixtures/proto --template test/fixtures/buf.gen.yaml
+	cd test/fixtures && npx buf generate
 
 lint: ## buf lint, buf breaking against the committed baseline, and the TypeScript type check
 	npx buf lint
