@@ -81,10 +81,12 @@ const MAX_STATIC_SCORE = W_RATING + W_POPULARITY;
 
 /**
  * First reach of a geo-only search, as a fraction of its radius, and how it widens. Measured on
- * the 50,000-restaurant bench city (~25 per km²): the 21st best score of a first page is ~0.86,
- * so restaurants beyond ~0.31 of the radius cannot reach it.
+ * the 50,000-restaurant bench city (~25 per km²) over 60 bench points: the k-th best score
+ * rules out restaurants beyond 0.26-0.34 of the radius for k = 21 (a first page), 0.32-0.40 for
+ * k = 41 and 0.35-0.44 for k = 61 (pages 2 and 3), so the first reach grows as k^0.25.
  */
 const FIRST_REACH = 0.35;
+const FIRST_PAGE_K = 21;
 const REACH_GROWTH = 1.6;
 
 /** Deepest result (offset + limit) served by a narrowed reach; deeper pages score the whole radius. */
@@ -131,89 +133,120 @@ export function createCatalogStore(db: Db): CatalogStore {
     async search(q) {
       const radiusM = q.radiusKm * 1000;
       const point = sql`ll_to_earth(${q.lat}::float8, ${q.lng}::float8)`;
-      // Straight-line (chord) distance in metres, cube's `<->` (cube_distance): plain C, and the
-      // ordering operator of the GiST index, so the walk below comes out nearest-first. Within
-      // 50 km chord and arc differ by less than 1e-5 relative; the radius test converts the arc
-      // radius to its chord exactly.
-      const chord = sql`(r.geo <-> ${point})`;
       const words = q.query ? queryWords(q.query) : [];
-      const where = [
-        // The walk never leaves the box that reaches as far as the widest delivery radius
-        // (nobody farther delivers here); the box is also what ends a walk that finds too few.
-        sql`earth_box(${point}, LEAST(${radiusM}::float8, (SELECT max(delivery_radius_km) FROM catalog_restaurants) * 1000)) @> r.geo`,
-        sql`${chord} <= ${2 * EARTH_RADIUS_M}::float8 * sin(LEAST(${radiusM}::float8, r.delivery_radius_km * 1000) / ${2 * EARTH_RADIUS_M}::float8)`,
-      ];
-      if (q.cuisines.length > 0) where.push(sql`r.cuisines && ${q.cuisines}::text[]`);
-      if (q.minRating > 0) where.push(sql`r.rating >= ${q.minRating}::float8`);
-      if (q.openNow) {
+      // The walk never leaves the box that reaches as far as the widest delivery radius
+      // (nobody farther delivers here); the box is also what ends a walk that finds too few.
+      const box = sql`earth_box(${point}, LEAST(${radiusM}::float8, (SELECT max(delivery_radius_km) FROM catalog_restaurants) * 1000))`;
+      // Straight-line (chord) distance in metres, cube's `<->` (cube_distance): plain C, and the
+      // ordering operator of the GiST indexes. Within 50 km chord and arc differ by less than
+      // 1e-5 relative; the radius test converts the arc radius to its chord exactly.
+      const chordOf = (alias: string) => sql`(${sql.ref(`${alias}.geo`)} <-> ${point})`;
+      const delivers = (alias: string) =>
+        sql`${chordOf(alias)} <= ${2 * EARTH_RADIUS_M}::float8 * sin(LEAST(${radiusM}::float8, ${sql.ref(`${alias}.delivery_radius_km`)} * 1000) / ${2 * EARTH_RADIUS_M}::float8)`;
+      const distanceScore = (chord: RawBuilder<unknown>) => sql`${W_DISTANCE}::float8 * GREATEST(0, 1 - ${chord} / ${radiusM}::float8)`;
+      const openNowOf = (alias: string) => {
         const m = utcWeekMinute(q.now);
-        where.push(sql`r.is_open AND r.open_week @> (((${m}::int + r.utc_offset_minutes) % ${MINUTES_PER_WEEK} + ${MINUTES_PER_WEEK}) % ${MINUTES_PER_WEEK})`);
-      }
-      const run = async (exec: K | Transaction<CatalogTables>) => {
-        let text = sql`0::float8`;
-        let textMax = 0;
-        if (words.length > 0) {
-          // Step 1: similar terms per query word (trigram GIN on catalog_terms; the threshold of
-          // %> is set for this transaction only).
-          await sql`SELECT set_config('pg_trgm.word_similarity_threshold', ${String(q.textThreshold)}, true)`.execute(exec);
-          const matches = (
-            await sql<{ w: number; id: number; sim: number }>`
-              SELECT w.i AS w, t.id, word_similarity(w.word, t.term) AS sim
-              FROM unnest(${words}::text[]) WITH ORDINALITY AS w(word, i)
-              JOIN catalog_terms t ON t.term %> w.word`.execute(exec)
-          ).rows;
-          if (matches.length === 0) return [];
-          // Step 2: restaurants having any matched term; text similarity = mean over query words
-          // of the best similarity among the restaurant's terms: per word, a CASE testing the
-          // matched terms from the most similar down (all of it answered from the index).
-          const perWord: RawBuilder<unknown>[] = [];
-          for (let w = 1; w <= words.length; w++) {
-            const bySim = new Map<number, number[]>();
-            for (const m of matches) if (Number(m.w) === w) bySim.set(Number(m.sim), [...(bySim.get(Number(m.sim)) ?? []), Number(m.id)]);
-            if (bySim.size === 0) continue;
-            const levels = [...bySim.entries()].sort((a, b) => b[0] - a[0]);
-            textMax += levels[0][0];
-            perWord.push(sql`CASE ${sql.join(levels.map(([sim, ids]) => sql`WHEN r.term_ids && ${ids}::int4[] THEN ${sim}::float8`), sql` `)} ELSE 0::float8 END`);
-          }
-          textMax /= words.length;
-          where.push(sql`r.term_ids && ${[...new Set(matches.map((m) => Number(m.id)))]}::int4[]`);
-          text = sql`((${sql.join(perWord, sql` + `)}) / ${words.length}::float8)`;
-        }
-        const score = sql`(${W_DISTANCE}::float8 * GREATEST(0, 1 - ${chord} / ${radiusM}::float8) + r.static_score + ${W_TEXT}::float8 * ${text})`;
-        // Top-k with early termination. Score the eligible restaurants within `reach` of the
-        // point (an index-only scan of the box around it); every restaurant farther away scores
-        // at most W_DISTANCE * (1 - reach / radius) + MAX_STATIC_SCORE + W_TEXT * textMax. Once
-        // that is below the k-th best score found, the page is exact; otherwise widen the reach.
-        // A filter or text leaves few candidates per km² (and text makes the bound loose) and a
-        // deep page needs many: those start at the whole radius, which is the full scoring.
+        const col = (c: string) => sql.ref(`${alias}.${c}`);
+        return sql`${col("is_open")} AND ${col("open_week")} @> (((${m}::int + ${col("utc_offset_minutes")}) % ${MINUTES_PER_WEEK} + ${MINUTES_PER_WEEK}) % ${MINUTES_PER_WEEK})`;
+      };
+      const filtersOf = (alias: string, withCuisines: boolean) => {
+        const f: RawBuilder<unknown>[] = [];
+        if (withCuisines && q.cuisines.length > 0) f.push(sql`${sql.ref(`${alias}.cuisines`)} && ${q.cuisines}::text[]`);
+        if (q.minRating > 0) f.push(sql`${sql.ref(`${alias}.rating`)} >= ${q.minRating}::float8`);
+        if (q.openNow) f.push(openNowOf(alias));
+        return f;
+      };
+      /** The page of candidates `c` (id, chord_m, score), with the restaurants' rows, best first. */
+      const page = (candidates: RawBuilder<unknown>) => sql<RestaurantRow & { chord_m: number; score: number }>`
+        WITH c AS MATERIALIZED (${candidates}),
+        top AS (SELECT c.* FROM c ORDER BY c.score DESC, c.id LIMIT ${q.limit} OFFSET ${q.offset})
+        SELECT ${sql.join(RESTAURANT_COLUMNS.map((col) => sql.ref(`x.${col}`)))}, top.chord_m, top.score
+        FROM top JOIN catalog_restaurants x ON x.id = top.id
+        ORDER BY top.score DESC, top.id`;
+
+      let rows: Array<RestaurantRow & { chord_m: number | null; score: number | null }> = [];
+      if (words.length > 0) {
+        // Text: one statement. Query words -> similar terms (trigram postings, then the exact
+        // word_similarity), then the postings of those terms inside the box (one GiST scan per
+        // term), then per restaurant: text similarity = mean over query words of the best
+        // similarity among its matched terms. Filters, if any, read the restaurant row.
+        const perWord = words.map((_, i) => sql`coalesce(max(m.sim) FILTER (WHERE m.w = ${i + 1}::int), 0)`);
+        const filters = filtersOf("r", true);
+        const matched = sql`
+          SELECT p.restaurant_id AS id, min(${chordOf("p")}) AS chord_m, min(p.static_score) AS static_score,
+            (${sql.join(perWord, sql` + `)}) / ${words.length}::float8 AS text
+          FROM (
+            SELECT w.i AS w, t.id, word_similarity(w.word, t.term)::float8 AS sim
+            FROM unnest(${words}::text[]) WITH ORDINALITY AS w(word, i)
+            CROSS JOIN LATERAL (
+              SELECT tg.term_id FROM catalog_term_trigrams tg WHERE tg.trgm = ANY (show_trgm(w.word))
+              GROUP BY tg.term_id HAVING count(*) >= ${q.textThreshold}::float8 * cardinality(show_trgm(w.word))
+            ) cand
+            JOIN catalog_terms t ON t.id = cand.term_id
+            WHERE word_similarity(w.word, t.term) >= ${q.textThreshold}::float8
+          ) m
+          JOIN catalog_restaurant_terms p ON p.term_id = m.id
+          WHERE ${box} @> p.geo AND ${delivers("p")}
+          GROUP BY p.restaurant_id`;
+        rows = (
+          await page(sql`
+            SELECT b.id, b.chord_m, ${distanceScore(sql`b.chord_m`)} + b.static_score + ${W_TEXT}::float8 * b.text AS score
+            FROM (${matched}) b
+            ${filters.length > 0 ? sql`JOIN catalog_restaurants r ON r.id = b.id WHERE ${sql.join(filters, sql` AND `)}` : sql``}`).execute(k)
+        ).rows;
+      } else if (q.cuisines.length > 0) {
+        // Cuisine filter: the postings of each requested cuisine inside the box carry rating
+        // and hours, so the whole filter is answered from that index. A restaurant listed under
+        // two requested cuisines is one candidate.
+        const filters = filtersOf("p", false);
+        rows = (
+          await page(sql`
+            SELECT p.restaurant_id AS id, min(${chordOf("p")}) AS chord_m, min(${distanceScore(chordOf("p"))} + p.static_score) AS score
+            FROM unnest(${q.cuisines}::text[]) AS cu(tag)
+            JOIN catalog_restaurant_cuisines p ON p.cuisine = cu.tag
+            WHERE ${sql.join([sql`${box} @> p.geo`, delivers("p"), ...filters], sql` AND `)}
+            GROUP BY p.restaurant_id`).execute(k)
+        ).rows;
+      } else {
+        // Geo-only (and rating / open-now): top-k with early termination. Score the eligible
+        // restaurants within `reach` of the point (an index-only scan of the box around it);
+        // every restaurant farther away scores at most W_DISTANCE * (1 - reach / radius) +
+        // MAX_STATIC_SCORE. Once that is below the k-th best score found, the page is exact;
+        // otherwise widen the reach. The bound holds with rating / open-now filters too (they
+        // only lower the k-th best, so the walk widens more often); measured on the bench city,
+        // narrowing still beats scoring the whole box for them (~4 ms against ~10 ms). Pages
+        // deeper than MAX_NARROW_K start at the whole radius, which is the full scoring.
+        const filters = filtersOf("r", false);
         const topK = q.offset + q.limit;
-        const narrow = words.length === 0 && q.cuisines.length === 0 && q.minRating === 0 && !q.openNow && topK <= MAX_NARROW_K;
-        for (let reach = narrow ? FIRST_REACH * radiusM : radiusM; ; reach = Math.min(radiusM, reach * REACH_GROWTH)) {
+        const narrow = topK <= MAX_NARROW_K;
+        const firstReach = Math.min(1, FIRST_REACH * Math.max(1, topK / FIRST_PAGE_K) ** 0.25) * radiusM;
+        for (let reach = narrow ? firstReach : radiusM; ; reach = Math.min(radiusM, reach * REACH_GROWTH)) {
           const full = reach >= radiusM;
-          const rows = (
-            await sql<RestaurantRow & { seen: number; kth: number | null; chord_m: number | null; score: number | null }>`
+          const within = full ? sql`${box} @> r.geo` : sql`earth_box(${point}, ${reach}::float8) @> r.geo AND ${chordOf("r")} <= ${reach}::float8`;
+          const found = (
+            await sql<RestaurantRow & { kth: number | null; chord_m: number | null; score: number | null }>`
               WITH c AS MATERIALIZED (
-                SELECT r.id, ${chord} AS chord_m, ${score} AS score
+                SELECT r.id, ${chordOf("r")} AS chord_m, ${distanceScore(chordOf("r"))} + r.static_score AS score
                 FROM catalog_restaurants r
-                WHERE ${sql.join(full ? where : [sql`earth_box(${point}, ${reach}::float8) @> r.geo AND ${chord} <= ${reach}::float8`, ...where.slice(1)], sql` AND `)}
+                WHERE ${sql.join([within, delivers("r"), ...filters], sql` AND `)}
               ), s AS (
-                SELECT count(*)::int AS seen,
-                  (SELECT c2.score FROM c c2 ORDER BY c2.score DESC, c2.id OFFSET ${topK - 1} LIMIT 1) AS kth
-                FROM c
+                SELECT (SELECT c2.score FROM c c2 ORDER BY c2.score DESC, c2.id OFFSET ${topK - 1} LIMIT 1) AS kth
               ), top AS (
                 SELECT c.* FROM c ORDER BY c.score DESC, c.id LIMIT ${q.limit} OFFSET ${q.offset}
               )
-              SELECT s.seen, s.kth, ${sql.join(RESTAURANT_COLUMNS.map((col) => sql.ref(`x.${col}`)))}, top.chord_m, top.score
+              SELECT s.kth, ${sql.join(RESTAURANT_COLUMNS.map((col) => sql.ref(`x.${col}`)))}, top.chord_m, top.score
               FROM s LEFT JOIN (top JOIN catalog_restaurants x ON x.id = top.id) ON true
-              ORDER BY top.score DESC, top.id`.execute(exec)
+              ORDER BY top.score DESC, top.id`.execute(k)
           ).rows;
-          const { kth } = rows[0];
-          const bound = W_DISTANCE * Math.max(0, 1 - reach / radiusM) + MAX_STATIC_SCORE + W_TEXT * textMax;
+          const { kth } = found[0];
+          const bound = W_DISTANCE * Math.max(0, 1 - reach / radiusM) + MAX_STATIC_SCORE;
           // The margin keeps float rounding (~1e-16) from ever cutting a row that ties.
-          if (full || (kth !== null && bound < Number(kth) - 1e-9)) return rows.filter((r) => r.id !== null);
+          if (full || (kth !== null && bound < Number(kth) - 1e-9)) {
+            rows = found.filter((r) => r.id !== null);
+            break;
+          }
         }
-      };
-      const rows = words.length > 0 ? await k.transaction().execute((trx) => run(trx)) : await run(k);
+      }
       return rows.map((r) => {
         const restaurant = toRestaurant(r as RestaurantRow);
         // Reported distance: the same haversine PriceCart uses, so search and checkout agree.
@@ -369,12 +402,12 @@ export function createCatalogStore(db: Db): CatalogStore {
 
     async analyze() {
       // VACUUM also sets the visibility map, which the index-only geo scan needs.
-      await sql`VACUUM ANALYZE catalog_restaurants`.execute(k);
+      await sql`VACUUM ANALYZE catalog_restaurants, catalog_restaurant_terms, catalog_restaurant_cuisines, catalog_term_trigrams`.execute(k);
       await sql`ANALYZE catalog_terms, catalog_categories, catalog_items, catalog_groups, catalog_options`.execute(k);
     },
 
     async deleteAll() {
-      await sql`TRUNCATE catalog_terms, catalog_options, catalog_groups, catalog_items, catalog_categories, catalog_restaurants`.execute(k);
+      await sql`TRUNCATE catalog_restaurant_terms, catalog_restaurant_cuisines, catalog_term_trigrams, catalog_terms, catalog_options, catalog_groups, catalog_items, catalog_categories, catalog_restaurants`.execute(k);
     },
   };
 }

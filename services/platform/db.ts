@@ -4,6 +4,7 @@ import { PGlite } from "@electric-sql/pglite";
 import { cube } from "@electric-sql/pglite/contrib/cube";
 import { earthdistance } from "@electric-sql/pglite/contrib/earthdistance";
 import { pg_trgm } from "@electric-sql/pglite/contrib/pg_trgm";
+import { btree_gist } from "@electric-sql/pglite/contrib/btree_gist";
 import { Kysely, Migrator, PostgresDialect, type Migration } from "kysely";
 import pg from "pg";
 import type { Logger } from "./logger.js";
@@ -55,7 +56,7 @@ const pgTypes = {
   },
 };
 
-/** Opens Postgres (databaseUrl) or embedded PGlite with pg_trgm, cube and earthdistance available. */
+/** Opens Postgres (databaseUrl) or embedded PGlite with pg_trgm, cube, earthdistance and btree_gist available. */
 export async function openDb(opts: OpenDbOptions): Promise<Db> {
   const logger = opts.logger?.child({ component: "db" });
   let kysely: Kysely<any>;
@@ -85,7 +86,7 @@ export async function openDb(opts: OpenDbOptions): Promise<Db> {
       dataDir = path.join(dataDir, "pgdata");
       await mkdir(dataDir, { recursive: true });
     }
-    const pglite = await PGlite.create({ dataDir, extensions: { pg_trgm, cube, earthdistance } });
+    const pglite = await PGlite.create({ dataDir, extensions: { pg_trgm, cube, earthdistance, btree_gist } });
     kysely = new Kysely<any>({ dialect: new PGliteDialect(pglite) });
     kind = "pglite";
     logger?.info({ dataDir }, "embedded PGlite opened");

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
+import { sql } from "kysely";
 import { Code, ConnectError, createClient, createRouterTransport, type Client } from "@connectrpc/connect";
 import {
   CartLineSchema,
@@ -232,18 +233,39 @@ for (const backend of ["pglite", "postgres"] as Backend[]) {
       });
 
       it("gives the same page whether it stops early or scores every candidate", async () => {
-        // A geo-only search stops once no farther restaurant can reach the page; a filter
-        // (min_rating 0.1 excludes none of the seeded city, rated 3 to 5) scores them all.
-        const centre = create(LatLngSchema, { lat: 12.9716, lng: 77.5946 });
+        // Geo-only, rating and open-now searches stop once no farther restaurant can reach the
+        // page; a cuisine filter naming every cuisine excludes nobody and scores every
+        // candidate of the box through the cuisine postings, an independent path.
+        const store = createCatalogStore(db);
+        const all = (await sql<{ c: string }>`SELECT DISTINCT unnest(cuisines) AS c FROM catalog_restaurants`.execute(db.kysely)).rows.map((r) => r.c);
+        const centre = { lat: 12.9716, lng: 77.5946 };
         for (const radiusKm of [1, 2, 10]) {
-          for (const pageSize of [3, 20]) {
-            const req = { location: centre, radiusKm, pageSize };
-            const early = await client.searchRestaurants(create(SearchRestaurantsRequestSchema, req), as("customer"));
-            const full = await client.searchRestaurants(create(SearchRestaurantsRequestSchema, { ...req, minRating: 0.1 }), as("customer"));
-            assert.ok(early.results.length > 0, `radius ${radiusKm}`);
-            assert.deepEqual(ids(early), ids(full), `radius ${radiusKm}, page size ${pageSize}`);
-            assert.deepEqual(early.results.map((r) => r.score), full.results.map((r) => r.score));
+          for (const [limit, offset] of [[3, 0], [21, 0], [21, 20], [21, 40]]) {
+            for (const filter of [{}, { minRating: 3.5 }, { openNow: true }]) {
+              const q = { ...centre, radiusKm, textThreshold: 0.5, cuisines: [] as string[], minRating: 0, openNow: false, now: NOW, limit, offset, ...filter };
+              const early = await store.search(q);
+              const full = await store.search({ ...q, cuisines: all });
+              const what = `radius ${radiusKm}, limit ${limit}, offset ${offset}, ${JSON.stringify(filter)}`;
+              if (offset === 0) assert.ok(early.length > 0, what);
+              assert.deepEqual(early.map((h) => h.restaurant.id), full.map((h) => h.restaurant.id), what);
+              assert.deepEqual(early.map((h) => h.score), full.map((h) => h.score), what);
+            }
           }
+        }
+      });
+
+      it("scores text matches as the documented mean of per-word best similarities", async () => {
+        const res = await search({ query: "chicken biriyani", pageSize: 50 });
+        assert.ok(res.results.length > 0);
+        const sims = await sql<{ w: string; term: string; sim: number }>`
+          SELECT w, term, word_similarity(w, term)::float8 AS sim FROM unnest(ARRAY['chicken', 'biriyani']) w, catalog_terms`.execute(db.kysely);
+        for (const r of res.results) {
+          const x = r.restaurant!;
+          const terms = new Set((await sql<{ terms: string[] }>`SELECT terms FROM catalog_restaurants WHERE id = ${x.id}`.execute(db.kysely)).rows[0].terms);
+          const best = (w: string) => Math.max(0, ...sims.rows.filter((s) => s.w === w && terms.has(s.term) && s.sim >= 0.5).map((s) => s.sim));
+          const text = (best("chicken") + best("biriyani")) / 2;
+          const expected = rankScore({ distanceKm: r.distanceKm, radiusKm: 10, rating: x.rating, popularity: x.popularity, textSimilarity: text });
+          assert.ok(Math.abs(expected - r.score) < 1e-3, `${x.id}: ${r.score} vs ${expected}`);
         }
       });
 
@@ -321,8 +343,12 @@ for (const backend of ["pglite", "postgres"] as Backend[]) {
         assert.equal(off.restaurant!.isOpen, false);
         assert.equal(off.restaurant!.openNow, false);
         assert.ok(!ids(await search({ openNow: true })).includes("slice"));
+        assert.ok(!ids(await search({ openNow: true, cuisines: ["pizza"] })).includes("slice"), "cuisine postings follow the switch");
+        assert.ok(ids(await search({ cuisines: ["pizza"] })).includes("slice"));
         await client.setRestaurantOpen({ restaurantId: "slice", isOpen: true }, as("slice"));
         assert.ok(ids(await search({ openNow: true })).includes("slice"));
+        assert.ok(ids(await search({ openNow: true, cuisines: ["pizza"] })).includes("slice"));
+        assert.ok(ids(await search({ query: "pepperoni" })).includes("slice"), "term postings survive the update");
         await rejects(client.setRestaurantOpen({ restaurantId: "nope", isOpen: true }, as("ops")), Code.NotFound);
       });
     });

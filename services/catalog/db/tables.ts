@@ -42,10 +42,38 @@ export interface HoursJson {
   c: number;
 }
 
-/** catalog_terms: every distinct word any restaurant is found by; trigram indexed. */
+/** catalog_terms: every distinct word any restaurant is found by; trigram indexed (and catalog_term_trigrams). */
 export interface TermsTable {
   term: string;
   id: Generated<number>;
+}
+
+/** catalog_term_trigrams: the pg_trgm trigrams of each term (query word -> candidate terms); trigger-maintained. */
+export interface TermTrigramsTable {
+  trgm: string;
+  term_id: number;
+}
+
+/** catalog_restaurant_terms: one posting per (term, restaurant) with what ranking reads; trigger-maintained. */
+export interface RestaurantTermsTable {
+  term_id: number;
+  restaurant_id: string;
+  geo: string;
+  delivery_radius_km: number;
+  static_score: number;
+}
+
+/** catalog_restaurant_cuisines: one posting per (cuisine tag, restaurant) with what ranking and filters read; trigger-maintained. */
+export interface RestaurantCuisinesTable {
+  cuisine: string;
+  restaurant_id: string;
+  geo: string;
+  delivery_radius_km: number;
+  static_score: number;
+  rating: number;
+  is_open: boolean;
+  open_week: string;
+  utc_offset_minutes: number;
 }
 
 /** catalog_categories: menu sections. */
@@ -93,6 +121,9 @@ export interface OptionsTable {
 export interface CatalogTables {
   catalog_restaurants: RestaurantsTable;
   catalog_terms: TermsTable;
+  catalog_term_trigrams: TermTrigramsTable;
+  catalog_restaurant_terms: RestaurantTermsTable;
+  catalog_restaurant_cuisines: RestaurantCuisinesTable;
   catalog_categories: CategoriesTable;
   catalog_items: ItemsTable;
   catalog_groups: GroupsTable;
