@@ -12,7 +12,14 @@
  * measured from that planned time, so a stall shows up as latency (no coordinated omission).
  * Phase 2: closed loop at 16, 32, 64, 128 concurrent callers for BENCH_STEP_SECONDS (default 5 s)
  * each; the best error-free step is the highest sustained rate.
- * Baseline: raw single-row compare-and-set UPDATEs through a pg Pool from 8 loops for ~5 s.
+ * Baselines, measured in the same run so the order figures can be read on any machine:
+ *  - pg_cas_per_s: raw single-row compare-and-set UPDATEs through a pg Pool from 8 loops for ~5 s;
+ *  - grpc_echo_per_s: a bare unary RPC in the same arrangement as the orders (grpc-js server in
+ *    this process, connect-node gRPC transport in the forked child, 32 concurrent callers,
+ *    BENCH_ECHO_SECONDS, default 5 s, after a 1 s warm-up). The handler decodes the request (a
+ *    PlaceOrderRequest, as the load generator sends) and answers it back, encoded again: what one
+ *    RPC costs here with nothing behind it. max_orders_per_s / grpc_echo_per_s is then the share
+ *    of a bare RPC's rate that an order (one RPC plus its work) reaches.
  *
  * The per-customer placement rate limit is raised in config (it would otherwise throttle the
  * load at 30/min per customer); the limiter still runs on every placement. A fresh database is
@@ -21,6 +28,9 @@
  * row and one outbox row per order.
  */
 import { fork, type ChildProcess } from "node:child_process";
+import { create, createFileRegistry, fromBinary, toBinary, type DescService } from "@bufbuild/protobuf";
+import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
+import * as grpc from "@grpc/grpc-js";
 import { readFile } from "node:fs/promises";
 import { loadavg } from "node:os";
 import { fileURLToPath } from "node:url";
@@ -29,7 +39,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Redis } from "ioredis";
 import { sql } from "kysely";
 import pg from "pg";
-import { OrderService } from "../gen/dabba/order/v1/order_service_pb.js";
+import { OrderService, PlaceOrderRequestSchema, file_dabba_order_v1_order_service } from "../gen/dabba/order/v1/order_service_pb.js";
 import { mulberry32 } from "../services/catalog/seed.js";
 import { createCatalogStore } from "../services/catalog/store.js";
 import { createMesh } from "../services/mesh.js";
@@ -52,6 +62,9 @@ const CAS_LOOPS = 8;
 const CAS_MS = 5000;
 const PLACE_RATE_PER_MINUTE = 1_000_000;
 const CHILD_ROLE = "DABBA_BENCH_ORDERS_LOADGEN";
+const ECHO_MS = Number(process.env.BENCH_ECHO_SECONDS ?? 5) * 1000;
+const ECHO_WARM_MS = 1000;
+const ECHO_CONCURRENCY = 32;
 
 const log = (msg: string) => console.error(`[bench orders] ${msg}`);
 function percentile(sorted: number[], p: number): number {
@@ -59,11 +72,27 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 }
 const r2 = (x: number) => Math.round(x * 100) / 100;
+const r3 = (x: number) => Math.round(x * 1000) / 1000;
 
 // ---------------------------------------------------------------------------------------------
 // Messages between the server process and the load generator.
 
+interface EchoPlan {
+  type: "echo";
+  port: number;
+  warmMs: number;
+  ms: number;
+  concurrency: number;
+}
+interface EchoResult {
+  calls: number;
+  errors: number;
+  perSecond: number;
+  /** Load generator CPU over the measured calls. */
+  cpuMs: number;
+}
 interface LoadPlan {
+  type: "orders";
   port: number;
   runId: string;
   tokens: string[];
@@ -96,6 +125,7 @@ interface StepResult {
   max: number;
 }
 type ChildMessage =
+  | { type: "echo"; result: EchoResult }
   | { type: "open"; result: OpenResult }
   | { type: "step"; result: StepResult }
   | { type: "done"; cpuMs: number }
@@ -114,6 +144,20 @@ export async function run(): Promise<void> {
   try {
     const pgCasPerS = await casBaseline(runDb.url);
     log(`baseline: raw Postgres single-row compare-and-set from ${CAS_LOOPS} loops: ${pgCasPerS}/s`);
+
+    // The load generator: a second process, so it does not share this event loop (it still shares the 2 cores).
+    child = fork(fileURLToPath(import.meta.url), [], {
+      execArgv: ["--import", "tsx", ...(process.env.BENCH_CHILD_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CHILD_CPU_PROF}`] : [])],
+      env: { ...process.env, [CHILD_ROLE]: "1" },
+      stdio: ["ignore", "pipe", "inherit", "ipc"],
+    });
+    child.stdout?.pipe(process.stderr);
+    const messages = childMessages(child);
+    const echo = await echoBaseline(child, messages);
+    log(
+      `baseline: bare unary gRPC echo (grpc-js server here, connect-node gRPC client in the child, ${ECHO_CONCURRENCY} callers): ` +
+        `${echo.perSecond}/s, CPU per call: server ${echo.serverCpuUs} us, client ${echo.clientCpuUs} us; load average ${loadavg().map((x) => x.toFixed(1)).join(" ")}`,
+    );
 
     const config = testConfig({
       databaseUrl: runDb.url,
@@ -138,31 +182,26 @@ export async function run(): Promise<void> {
     );
     log(`${RESTAURANTS} fixture restaurants, ${CUSTOMERS} customer tokens minted`);
 
-    // The load generator: a second process, so it does not share this event loop (it still shares the 2 cores).
-    const plan: LoadPlan = { port, runId, tokens, restaurantIds, rate: RATE, openMs: OPEN_MS, stepMs: STEP_MS, steps: STEPS };
-    child = fork(fileURLToPath(import.meta.url), [], {
-      execArgv: ["--import", "tsx", ...(process.env.BENCH_CHILD_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CHILD_CPU_PROF}`] : [])],
-      env: { ...process.env, [CHILD_ROLE]: "1" },
-      stdio: ["ignore", "pipe", "inherit", "ipc"],
-    });
-    child.stdout?.pipe(process.stderr);
+    const plan: LoadPlan = { type: "orders", port, runId, tokens, restaurantIds, rate: RATE, openMs: OPEN_MS, stepMs: STEP_MS, steps: STEPS };
     // CPU per order is the figure this shared 2-core machine cannot blur: wall-clock rates move
     // with whatever else runs, CPU time spent per order does not (much).
     const cpu0 = process.cpuUsage();
     const pg0 = await postgresCpuMs(db);
     const xacts0 = await transactions(db);
-    const results = await new Promise<{ open: OpenResult; steps: StepResult[]; childCpuMs: number }>((resolve, reject) => {
+    child.send(plan);
+    const results = await (async () => {
       let open: OpenResult | undefined;
       const steps: StepResult[] = [];
-      child!.on("message", (m: ChildMessage) => {
+      for (;;) {
+        const m = await messages.next();
         if (m.type === "open") open = m.result;
         else if (m.type === "step") steps.push(m.result);
-        else if (m.type === "failed") reject(new Error(`load generator: ${m.message}`));
-        else if (m.type === "done") open ? resolve({ open, steps, childCpuMs: m.cpuMs }) : reject(new Error("load generator sent no open-loop result"));
-      });
-      child!.once("exit", (code) => reject(new Error(`load generator exited with ${code}`)));
-      child!.send(plan);
-    });
+        else if (m.type === "done") {
+          if (!open) throw new Error("load generator sent no open-loop result");
+          return { open, steps, childCpuMs: m.cpuMs };
+        }
+      }
+    })();
     child = undefined;
     const cpu1 = process.cpuUsage(cpu0);
     const pg1 = await postgresCpuMs(db);
@@ -232,6 +271,11 @@ export async function run(): Promise<void> {
         concurrency: best?.concurrency ?? null,
         step_errors: results.steps.reduce((s, x) => s + x.errors, 0),
         pg_cas_per_s: pgCasPerS,
+        grpc_echo_per_s: echo.perSecond,
+        grpc_echo_server_cpu_us_per_call: echo.serverCpuUs,
+        grpc_echo_client_cpu_us_per_call: echo.clientCpuUs,
+        orders_per_echo: echo.perSecond > 0 ? r3((best?.perSecond ?? 0) / echo.perSecond) : null,
+        orders_per_pg_cas: pgCasPerS > 0 ? r3((best?.perSecond ?? 0) / pgCasPerS) : null,
         verified,
         server_cpu_ms_per_order: perOrder(serverCpuMs),
         loadgen_cpu_ms_per_order: perOrder(results.childCpuMs),
@@ -247,6 +291,99 @@ export async function run(): Promise<void> {
     child?.kill();
     await cleanupRedis(redisUrl, keyPrefix).catch((err) => log(`redis cleanup failed: ${(err as Error).message}`));
     await runDb.drop();
+  }
+}
+
+/** Messages from the load generator, one at a time; a failure or exit of the child rejects. */
+function childMessages(child: ChildProcess): { next(): Promise<Exclude<ChildMessage, { type: "failed" }>> } {
+  const queue: ChildMessage[] = [];
+  let waiting: { resolve: (m: ChildMessage) => void; reject: (e: Error) => void } | undefined;
+  let failure: Error | undefined;
+  const fail = (e: Error) => {
+    failure ??= e;
+    waiting?.reject(failure);
+    waiting = undefined;
+  };
+  child.on("message", (m: ChildMessage) => {
+    if (m.type === "failed") return fail(new Error(`load generator: ${m.message}`));
+    if (waiting) {
+      waiting.resolve(m);
+      waiting = undefined;
+    } else queue.push(m);
+  });
+  child.once("exit", (code) => fail(new Error(`load generator exited with ${code}`)));
+  return {
+    next() {
+      const m = queue.shift();
+      if (m) return Promise.resolve(m as Exclude<ChildMessage, { type: "failed" }>);
+      if (failure) return Promise.reject(failure);
+      return new Promise((resolve, reject) => (waiting = { resolve: resolve as (m: ChildMessage) => void, reject }));
+    },
+  };
+}
+
+/**
+ * dabba.bench.v1.EchoService/Echo(PlaceOrderRequest) returns (PlaceOrderRequest), described at
+ * run time (no generated code for a bench-only service).
+ */
+function echoService(): DescService {
+  const file = create(FileDescriptorProtoSchema, {
+    name: "dabba/bench/v1/echo.proto",
+    package: "dabba.bench.v1",
+    syntax: "proto3",
+    dependency: [file_dabba_order_v1_order_service.proto.name],
+    service: [
+      {
+        name: "EchoService",
+        method: [{ name: "Echo", inputType: ".dabba.order.v1.PlaceOrderRequest", outputType: ".dabba.order.v1.PlaceOrderRequest" }],
+      },
+    ],
+  });
+  const registry = createFileRegistry(file, (name) => (name === file_dabba_order_v1_order_service.proto.name ? file_dabba_order_v1_order_service : undefined));
+  return registry.getService("dabba.bench.v1.EchoService")!;
+}
+
+/** The bare-RPC baseline: a grpc-js echo server here, the child calling it as it will call PlaceOrder. */
+async function echoBaseline(
+  child: ChildProcess,
+  messages: ReturnType<typeof childMessages>,
+): Promise<{ perSecond: number; serverCpuUs: number; clientCpuUs: number }> {
+  const server = new grpc.Server();
+  const desc = echoService();
+  const method = desc.methods[0]!;
+  server.addService(
+    {
+      echo: {
+        path: `/${desc.typeName}/${method.name}`,
+        requestStream: false,
+        responseStream: false,
+        requestSerialize: (m: unknown) => Buffer.from(toBinary(PlaceOrderRequestSchema, m as never)),
+        requestDeserialize: (b: Buffer) => fromBinary(PlaceOrderRequestSchema, b),
+        responseSerialize: (m: unknown) => Buffer.from(toBinary(PlaceOrderRequestSchema, m as never)),
+        responseDeserialize: (b: Buffer) => fromBinary(PlaceOrderRequestSchema, b),
+      },
+    } as grpc.ServiceDefinition,
+    { echo: (call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) => cb(null, call.request) },
+  );
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  );
+  try {
+    const plan: EchoPlan = { type: "echo", port, warmMs: ECHO_WARM_MS, ms: ECHO_MS, concurrency: ECHO_CONCURRENCY };
+    child.send(plan);
+    // The child reports when the warm-up ends and when the measured calls end; server CPU is taken between the two.
+    const warm = await messages.next();
+    if (warm.type !== "echo") throw new Error(`load generator: expected the echo warm-up, got ${warm.type}`);
+    const cpu0 = process.cpuUsage();
+    const m = await messages.next();
+    const cpu = process.cpuUsage(cpu0);
+    if (m.type !== "echo") throw new Error(`load generator: expected the echo result, got ${m.type}`);
+    const r = m.result;
+    if (r.errors > 0) throw new Error(`echo baseline: ${r.errors} calls failed`);
+    const us = (ms: number) => (r.calls > 0 ? Math.round((ms * 1000) / r.calls) : 0);
+    return { perSecond: r.perSecond, serverCpuUs: us((cpu.user + cpu.system) / 1000), clientCpuUs: us(r.cpuMs) };
+  } finally {
+    server.forceShutdown();
   }
 }
 
@@ -331,6 +468,50 @@ async function cleanupRedis(url: string, prefix: string): Promise<void> {
 
 // ---------------------------------------------------------------------------------------------
 // Load generator (the forked child).
+
+/** The echo baseline's client: closed loop, after a warm-up whose end it reports. */
+async function echoLoad(plan: EchoPlan): Promise<void> {
+  const desc = echoService();
+  const method = desc.methods[0]!;
+  const transport = createGrpcTransport({ baseUrl: `http://127.0.0.1:${plan.port}` });
+  const rng = mulberry32(7);
+  // A message like the load generator's PlaceOrder requests (a 2-line cart).
+  const message = create(PlaceOrderRequestSchema, {
+    restaurantId: "bench-r3",
+    lines: [
+      { itemId: "bench-r3-dosa", quantity: 2, optionIds: [], note: "extra chutney" },
+      { itemId: "bench-r3-biryani", quantity: 1, optionIds: ["bench-r3-raita", "bench-r3-egg"], note: "" },
+    ],
+    delivery: { location: { lat: NEARBY.lat + rng() * 0.01, lng: NEARBY.lng }, addressLine: "17 Brigade Road", instructions: "ring the bell" },
+    tipMinor: 50n,
+    paymentToken: "tok_visa",
+  });
+  const headers = { authorization: `Bearer ${"x".repeat(200)}`, "idempotency-key": "echo-0000000000-1" };
+  const loop = async (until: number, count: { calls: number; errors: number }) => {
+    await Promise.all(
+      Array.from({ length: plan.concurrency }, async () => {
+        while (performance.now() < until) {
+          try {
+            await transport.unary(method as never, undefined, undefined, headers, message as never);
+            count.calls++;
+          } catch {
+            count.errors++;
+          }
+        }
+      }),
+    );
+  };
+  await loop(performance.now() + plan.warmMs, { calls: 0, errors: 0 });
+  process.send!({ type: "echo", result: { calls: 0, errors: 0, perSecond: 0, cpuMs: 0 } } satisfies ChildMessage);
+  const count = { calls: 0, errors: 0 };
+  const cpu0 = process.cpuUsage();
+  const started = performance.now();
+  await loop(started + plan.ms, count);
+  const seconds = (performance.now() - started) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  const result: EchoResult = { ...count, perSecond: Math.round(count.calls / seconds), cpuMs: (cpu.user + cpu.system) / 1000 };
+  process.send!({ type: "echo", result } satisfies ChildMessage);
+}
 
 async function loadGenerator(plan: LoadPlan): Promise<void> {
   const glog = (msg: string) => console.error(`[bench orders load] ${msg}`);
@@ -488,8 +669,8 @@ async function loadGenerator(plan: LoadPlan): Promise<void> {
 }
 
 if (process.env[CHILD_ROLE] === "1" && process.send) {
-  process.once("message", (plan: LoadPlan) => {
-    loadGenerator(plan).catch((err: unknown) => {
+  process.on("message", (plan: EchoPlan | LoadPlan) => {
+    (plan.type === "echo" ? echoLoad(plan) : loadGenerator(plan)).catch((err: unknown) => {
       process.send!({ type: "failed", message: err instanceof Error ? (err.stack ?? err.message) : String(err) } satisfies ChildMessage, undefined, {}, () => process.exit(1));
     });
   });
