@@ -284,7 +284,7 @@ export function createCatalogStore(db: Db): CatalogStore {
     async getCart(restaurantId, itemIds) {
       const ids = [...new Set(itemIds)].filter((x) => x);
       // One statement: the restaurant row plus its requested items, their groups and options as JSON.
-      const { rows } = await sql<RestaurantRow & { cart_items: ItemRow[]; cart_groups: GroupRow[]; cart_options: OptionRow[] }>`
+      const q = sql<RestaurantRow & { cart_items: ItemRow[]; cart_groups: GroupRow[]; cart_options: OptionRow[] }>`
         select ${sql.join(RESTAURANT_COLUMNS.map((c) => sql.ref(`r.${c}`)))},
           coalesce((select json_agg(i) from catalog_items i where i.restaurant_id = r.id and i.id = any(${ids}::text[])), '[]') as cart_items,
           coalesce((select json_agg(g order by g.item_id, g.position) from catalog_groups g
@@ -293,8 +293,9 @@ export function createCatalogStore(db: Db): CatalogStore {
           coalesce((select json_agg(o order by o.item_id, o.position) from catalog_options o
                     join catalog_items i on i.id = o.item_id
                     where i.restaurant_id = r.id and i.id = any(${ids}::text[])), '[]') as cart_options
-        from catalog_restaurants r where r.id = ${restaurantId}`.execute(k);
-      const row = rows[0];
+        from catalog_restaurants r where r.id = ${restaurantId}`.compile(k);
+      // Fixed text (the ids are one array parameter): a named prepared statement on Postgres, planned once per connection.
+      const [row] = await db.prepared<RestaurantRow & { cart_items: ItemRow[]; cart_groups: GroupRow[]; cart_options: OptionRow[] }>("catalog_get_cart", q);
       if (!row) return undefined;
       const items = assembleItems(row.cart_items, row.cart_groups, row.cart_options);
       return { restaurant: toRestaurant(row), items: new Map(items.map((i) => [i.id, i])) };

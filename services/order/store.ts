@@ -20,7 +20,7 @@ import {
   type Role,
   type Status,
 } from "./domain.js";
-import type { HistoryRow, NewHistoryRow, OrderDatabase, OrderRow, StoredLine } from "./db/tables.js";
+import type { HistoryRow, NewHistoryRow, OrderDatabase, OrderRow, OrdersTable, StoredLine } from "./db/tables.js";
 
 /** The stream order events are relayed to. */
 export const ORDER_EVENTS_STREAM = "events:orders";
@@ -114,6 +114,50 @@ function timeOrderedId(): () => string {
 }
 class CasLost extends Error {}
 
+/**
+ * Every orders column, named: a prepared statement must not select `o.*`, whose result type
+ * changes when a migration adds a column and then fails on connections that prepared it earlier
+ * ("cached plan must not change result type").
+ */
+const ORDER_COLUMNS_O = [
+  "o.id",
+  "o.customer_id",
+  "o.restaurant_id",
+  "o.restaurant_name",
+  "o.status",
+  "o.version",
+  "o.driver_id",
+  "o.last_fencing_token",
+  "o.lines",
+  "o.delivery_lat",
+  "o.delivery_lng",
+  "o.delivery_address",
+  "o.delivery_instructions",
+  "o.pickup_lat",
+  "o.pickup_lng",
+  "o.currency",
+  "o.subtotal_minor",
+  "o.delivery_fee_minor",
+  "o.tax_minor",
+  "o.tip_minor",
+  "o.total_minor",
+  "o.eta_min_minutes",
+  "o.eta_max_minutes",
+  "o.distance_km",
+  "o.cancelled_by_role",
+  "o.cancelled_by_id",
+  "o.cancellation_reason",
+  "o.cancellation_fee_minor",
+  "o.next_event_seq",
+  "o.created_at",
+  "o.updated_at",
+] as const;
+// Compile-time check that the list names every column.
+type MissingOrderColumn = Exclude<keyof OrdersTable, (typeof ORDER_COLUMNS_O)[number] extends `o.${infer C}` ? C : never>;
+const _allOrderColumns: [MissingOrderColumn] extends [never] ? true : MissingOrderColumn = true;
+void _allOrderColumns;
+
+
 export function createOrderStore(opts: OrderStoreOptions): OrderStore {
   const db = opts.db.kysely as Kysely<OrderDatabase>;
   const policy = opts.policy;
@@ -125,16 +169,16 @@ export function createOrderStore(opts: OrderStoreOptions): OrderStore {
   }
 
   async function findIdempotent(customerId: string, key: string) {
-    // One round trip: the key and its order together.
-    const rec = await db
+    // One round trip: the key and its order together (a named prepared statement on Postgres).
+    const q = db
       .selectFrom("idempotency_keys as k")
       .innerJoin("orders as o", "o.id", "k.order_id")
-      .selectAll("o")
-      .select("k.request_hash")
+      .select([...ORDER_COLUMNS_O, "k.request_hash"])
       .where("k.customer_id", "=", customerId)
       .where("k.key", "=", key)
       .where("k.expires_at", ">", new Date())
-      .executeTakeFirst();
+      .compile();
+    const [rec] = await opts.db.prepared<OrderRow & { request_hash: string }>("order_find_idempotent", q);
     if (!rec) return undefined;
     const { request_hash: requestHash, ...row } = rec;
     return { requestHash, order: toOrder(row) };
@@ -184,7 +228,7 @@ export function createOrderStore(opts: OrderStoreOptions): OrderStore {
     };
     const snapshot = toOrder(row);
     const event = buildEvent(snapshot, 1, actor, now, { case: "placed", value: { total: snapshot.total } });
-    const r = await sql<{ claimed: number }>`
+    const q = sql<{ claimed: number }>`
       with claim as (
         insert into idempotency_keys (customer_id, key, request_hash, order_id, created_at, expires_at)
         values (${idem.customerId}, ${idem.key}, ${idem.requestHash}, ${id}, ${now}, ${new Date(now.getTime() + idem.ttlHours * 3_600_000)})
@@ -211,8 +255,10 @@ export function createOrderStore(opts: OrderStoreOptions): OrderStore {
         insert into outbox (stream, event_type, event_key, event_id, payload, published_at)
         select ${ORDER_EVENTS_STREAM}::text, ${eventType(event)}::text, id, ${event.eventId}::text, ${outboxPayload(event)}::bytea, null from ord
       )
-      select count(*)::int as claimed from claim`.execute(db);
-    return r.rows[0]?.claimed === 1 ? snapshot : undefined;
+      select count(*)::int as claimed from claim`.compile(db);
+    // Prepared: this statement's ~30 parameters and five CTEs cost more to parse and plan than to run.
+    const [r] = await opts.db.prepared<{ claimed: number }>("order_insert_placed", q);
+    return r?.claimed === 1 ? snapshot : undefined;
   }
 
   async function place(o: NewOrder, idem: IdempotencyInput): Promise<{ order: Order; replayed: boolean }> {

@@ -5,7 +5,7 @@ import { cube } from "@electric-sql/pglite/contrib/cube";
 import { earthdistance } from "@electric-sql/pglite/contrib/earthdistance";
 import { pg_trgm } from "@electric-sql/pglite/contrib/pg_trgm";
 import { btree_gist } from "@electric-sql/pglite/contrib/btree_gist";
-import { Kysely, Migrator, PostgresDialect, type Migration } from "kysely";
+import { CompiledQuery, Kysely, Migrator, PostgresDialect, type Migration } from "kysely";
 import pg from "pg";
 import type { Logger } from "./logger.js";
 import { PGliteDialect } from "./pglite-dialect.js";
@@ -28,6 +28,13 @@ export type Db = {
   kind: "postgres" | "pglite";
   /** Runs the service's pending migrations (own migration and lock tables); throws naming the failing one. */
   migrate(service: string, migrations: Record<string, Migration>): Promise<void>;
+  /**
+   * Runs one hot, fixed-text statement outside any transaction. On Postgres it is a named
+   * prepared statement, so each pooled connection parses and plans it once rather than per call
+   * (for the placement CTE that is most of its server time); on PGlite a plain query. `name`
+   * must be unique per SQL text in the process: pg refuses a name reused for another text.
+   */
+  prepared<R>(name: string, query: Pick<CompiledQuery, "sql" | "parameters">): Promise<R[]>;
   close(): Promise<void>;
 };
 
@@ -61,6 +68,7 @@ export async function openDb(opts: OpenDbOptions): Promise<Db> {
   const logger = opts.logger?.child({ component: "db" });
   let kysely: Kysely<any>;
   let kind: Db["kind"];
+  let prepared: Db["prepared"];
 
   if (opts.databaseUrl) {
     const pool = new pg.Pool({
@@ -80,6 +88,8 @@ export async function openDb(opts: OpenDbOptions): Promise<Db> {
     }
     kysely = new Kysely<any>({ dialect: new PostgresDialect({ pool }) });
     kind = "postgres";
+    prepared = async <R>(name: string, q: Pick<CompiledQuery, "sql" | "parameters">) =>
+      (await pool.query({ name, text: q.sql, values: q.parameters as unknown[] })).rows as R[];
   } else {
     let dataDir = opts.dataDir;
     if (!dataDir.startsWith("memory://")) {
@@ -89,6 +99,9 @@ export async function openDb(opts: OpenDbOptions): Promise<Db> {
     const pglite = await PGlite.create({ dataDir, extensions: { pg_trgm, cube, earthdistance, btree_gist } });
     kysely = new Kysely<any>({ dialect: new PGliteDialect(pglite) });
     kind = "pglite";
+    // Through Kysely, so the dialect's mutex keeps it out of a running transaction.
+    prepared = async <R>(_name: string, q: Pick<CompiledQuery, "sql" | "parameters">) =>
+      (await kysely.executeQuery<R>(CompiledQuery.raw(q.sql, [...q.parameters]))).rows;
     logger?.info({ dataDir }, "embedded PGlite opened");
   }
 
@@ -96,6 +109,7 @@ export async function openDb(opts: OpenDbOptions): Promise<Db> {
   return {
     kysely,
     kind,
+    prepared,
     async migrate(service, migrations) {
       const migrator = new Migrator({
         db: kysely,
