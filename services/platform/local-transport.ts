@@ -16,6 +16,13 @@ import { toConnectError } from "./errors.js";
 import { invokeStream, invokeUnary, methodImplOf, type AnyImpl } from "./grpc-adapter.js";
 import { loggerKey } from "./request-log.js";
 
+/**
+ * The abort reason of a handler context whose call has ended. One instance: it is only ever a
+ * signal reason read by listeners after the call is over, and a ConnectError per call (with its
+ * captured stack) showed up in the order bench's profile.
+ */
+const CALL_COMPLETED = new ConnectError("call completed", Code.Canceled);
+
 export interface LocalTransportOptions {
   desc: DescService;
   impl: Partial<ServiceImpl<DescService>>;
@@ -110,7 +117,7 @@ export function createLocalTransport(opts: LocalTransportOptions): Transport {
           } catch (err) {
             throw callerError(err, ctx, req.signal);
           } finally {
-            ctx.abort(new ConnectError("call completed", Code.Canceled));
+            ctx.abort(CALL_COMPLETED);
           }
         },
       });
@@ -145,7 +152,7 @@ export function createLocalTransport(opts: LocalTransportOptions): Transport {
         next: async (req) => {
           const impl = implOf(method);
           const ctx = contextFor(method, timeoutMs, req.signal, req.header);
-          const completed = () => ctx.abort(new ConnectError("call completed", Code.Canceled));
+          const completed = () => ctx.abort(CALL_COMPLETED);
           let it: AsyncIterator<unknown>;
           let head: IteratorResult<unknown>;
           try {
