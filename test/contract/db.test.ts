@@ -49,6 +49,16 @@ for (const impl of ["pglite", "postgres"] as const) {
       };
     }
 
+    it("runs a prepared statement with the same results as a plain query, repeatedly and concurrently", async () => {
+      const q = sql<{ n: number; s: string }>`select ${41}::int8 + g as n, ${"x"}::text || g as s from generate_series(1, 3) g`.compile(db.kysely);
+      const name = `ct_prepared_${id}`;
+      const expected = (await db.kysely.executeQuery(q)).rows;
+      for (let i = 0; i < 3; i++) assert.deepEqual(await db.prepared(name, q), expected);
+      const many = await Promise.all(Array.from({ length: 20 }, () => db.prepared<{ n: number; s: string }>(name, q)));
+      for (const rows of many) assert.deepEqual(rows, expected);
+      assert.deepEqual(expected.map((r) => Number(r.n)), [42, 43, 44]);
+    });
+
     it("applies migrations once; running them again is a no-op", async () => {
       created.push(table, `kysely_migration_${service}`, `kysely_migration_lock_${service}`);
       const counter = { up: 0 };
