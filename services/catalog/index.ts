@@ -20,7 +20,7 @@ export interface CatalogOptions {
 
 /** CatalogService: restaurants, menus, search and authoritative cart pricing. */
 export function createCatalogService(deps: ServiceDeps, opts: CatalogOptions = {}): ServiceModule {
-  const logger = deps.logger.child({ service: "catalog" });
+  const logger = deps.logger;
   const store = opts.store ?? createCatalogStore(deps.db);
   const now = opts.now ?? (() => new Date());
   return {

@@ -36,7 +36,7 @@ const RELAY_COALESCE_MS = 10;
 
 /** OrderService: orders, the state machine, idempotent placement, the outbox and the restaurant feed. */
 export function createOrderService(deps: ServiceDeps): ServiceModule {
-  const logger = deps.logger.child({ service: "order" });
+  const logger = deps.logger;
   const relay: OutboxRelay = createOutboxRelay({ db: deps.db, eventLog: deps.redis.eventLog, logger, table: ORDERS_OUTBOX_TABLE });
   // Commits wake the relay at most once per RELAY_COALESCE_MS: a relay round is five statements
   // and a commit, so waking it per order under load costs more than the order's own insert;
