@@ -5,16 +5,8 @@ import { openDb, type Db } from "../../services/platform/db.js";
 import { createConsumer, createOutboxRelay, createOutboxTableSql } from "../../services/platform/outbox.js";
 import { openRedis, type RedisPorts, type StreamEntry } from "../../services/platform/redis.js";
 import { postgresUrl, redisUrl, requireReal, uniqueId } from "../helpers/backends.js";
+import { sleep, until } from "../helpers/wait.js";
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function until(cond: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error("condition not met in time");
-    await sleep(10);
-  }
-}
 
 for (const impl of ["memory", "redis"] as const) {
   const dbKind = impl === "memory" ? "pglite" : "postgres";

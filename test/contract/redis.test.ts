@@ -3,18 +3,11 @@ import { Redis } from "ioredis";
 import { openRedis, type RedisPorts, type StreamEntry } from "../../services/platform/redis.js";
 import { connName } from "../../services/platform/redis-real.js";
 import { redisUrl, requireReal, uniqueId } from "../helpers/backends.js";
+import { sleep, until } from "../helpers/wait.js";
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const bytes = (...b: number[]) => new Uint8Array(b);
 const ev = (i: number, data = bytes(i % 256, 0, 255)) => ({ type: "t", key: `k${i % 3}`, eventId: `e${i}`, data });
 
-async function until(cond: () => boolean, ms = 2000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error("condition not met in time");
-    await sleep(5);
-  }
-}
 
 for (const impl of ["memory", "redis"] as const) {
   describe(`RedisPorts (${impl})`, function () {

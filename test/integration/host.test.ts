@@ -4,6 +4,7 @@ import { execFile } from "node:child_process";
 import { EventEmitter, once } from "node:events";
 import { Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
+import { until } from "../helpers/wait.js";
 import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { service as healthDefinition } from "grpc-health-check";
@@ -457,7 +458,8 @@ describe("platform host (grpc-js + connect-node)", function () {
       await callers["grpc-js client -> gRPC port"]!.say({ text: "log" }, { headers: { "x-request-id": "log-grpc" } });
       await callers["Connect protocol, HTTP/1.1 -> web port"]!.say({ text: "log" }, { headers: { "x-request-id": "log-web" } });
       await callers["Connect gRPC transport -> gRPC port"]!.count({ count: 2 });
-      await sleep(50);
+      const finishedFor = (id: string) => logLines().filter((l) => l["msg"] == "rpc finished" && l["requestId"] == id);
+      await until(() => finishedFor("log-grpc").length > 0 && finishedFor("log-web").length > 0, 5000, "log lines of both calls");
       const finished = logLines().filter((l) => l["msg"] == "rpc finished");
       for (const id of ["log-grpc", "log-web"]) {
         const lines = finished.filter((l) => l["requestId"] == id);
@@ -603,13 +605,12 @@ describe("platform host shutdown", function () {
         );
         await streaming;
         const unary = caller.say({ text: "in flight", delay: durationFromMs(400) });
-        await sleep(50);
+        await until(() => host.tracker.unary == 1, 5000, "the unary call in flight");
         assert.equal(host.tracker.unary, 1);
         assert.equal(host.tracker.streams, 1);
 
         const started = Date.now();
         const stopped = host.stop();
-        await sleep(20);
         assert.equal(host.tracker.draining, true);
 
         const late = fresh();
@@ -646,7 +647,7 @@ describe("platform host shutdown", function () {
         if (m.status == "NOT_SERVING") resolve();
       }),
     );
-    while (seen.length == 0) await sleep(10);
+    await until(() => seen.length > 0, 5000, "the first Watch status");
     const stopped = host.stop();
     await notServing;
     await stopped;
@@ -660,7 +661,7 @@ describe("platform host shutdown", function () {
     const caller = grpcJsCaller(port);
     // A unary call that ignores nothing but takes longer than the grace period.
     const slow = caller.say({ text: "slow", delay: durationFromMs(3000) }).catch((e: unknown) => ConnectError.from(e));
-    await sleep(50);
+    await until(() => host.tracker.unary == 1, 5000, "the slow call in flight");
     const started = Date.now();
     await host.stop();
     assert.ok(Date.now() - started < 1500, "stop() returns after the grace period");

@@ -8,6 +8,7 @@ import { OrderStatus, type Order } from "../../gen/dabba/order/v1/order_pb.js";
 import { OrderService } from "../../gen/dabba/order/v1/order_service_pb.js";
 import { uniqueId } from "../helpers/backends.js";
 import { NEARBY } from "../helpers/fixtures.js";
+import { until } from "../helpers/wait.js";
 import { CLIENT_KINDS, startTestMesh, type Backend, type ClientKind, type TestMesh } from "../helpers/mesh.js";
 
 /** What a client sees of one order's life, normalised so runs over different clients compare equal. */
@@ -45,20 +46,18 @@ async function journey(t: TestMesh, kind: ClientKind): Promise<Journey> {
   const abort = new AbortController();
   const feed: Journey["feed"] = [];
   const feedSeen = new Set<string>();
-  let onFeed: (() => void) | undefined;
   const feedDone = (async () => {
     try {
       for await (const msg of kitchen.watchRestaurantOrders({ restaurantId: t.restaurantId }, { signal: abort.signal })) {
         const mine = msg.orders.filter((o) => o.customerId === customer);
         if (msg.snapshot || mine.length > 0) feed.push({ snapshot: msg.snapshot, statuses: mine.map((o) => o.status) });
         for (const o of mine) feedSeen.add(OrderStatus[o.status]);
-        onFeed?.();
       }
     } catch (err) {
       if (!(err instanceof ConnectError && err.code === Code.Canceled)) throw err;
     }
   })();
-  await waitFor(() => feed.length > 0, "feed snapshot", (f) => (onFeed = f));
+  await until(() => feed.length > 0, 10_000, "feed snapshot");
 
   const key = `key-${uniqueId()}`;
   const placed = await orders.placeOrder(cart, { headers: { "idempotency-key": key } });
@@ -70,7 +69,7 @@ async function journey(t: TestMesh, kind: ClientKind): Promise<Journey> {
   await step(kitchen.startPreparing({ orderId: id }));
   await step(kitchen.markReady({ orderId: id }));
   const got = await orders.getOrder({ orderId: id });
-  await waitFor(() => feedSeen.has("READY_FOR_PICKUP"), "feed update READY_FOR_PICKUP", (f) => (onFeed = f));
+  await until(() => feedSeen.has("READY_FOR_PICKUP"), 10_000, "feed update READY_FOR_PICKUP");
   abort.abort();
   await feedDone;
 
@@ -83,20 +82,6 @@ async function journey(t: TestMesh, kind: ClientKind): Promise<Journey> {
     timeline: got.order!.timeline.map((e) => e.status),
     feed: feed.map((f) => ({ snapshot: f.snapshot, statuses: f.snapshot ? [] : f.statuses })),
   };
-}
-
-async function waitFor(cond: () => boolean, what: string, hook: (wake: () => void) => void, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise<void>((r) => {
-      const t = setTimeout(r, 50);
-      hook(() => {
-        clearTimeout(t);
-        r();
-      });
-    });
-  }
 }
 
 for (const backend of ["embedded", "real"] as Backend[]) {
