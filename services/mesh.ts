@@ -1,5 +1,5 @@
 import type { Interceptor, Transport } from "@connectrpc/connect";
-import { authInterceptor, createVerifier, mintToken, type TokenVerifier } from "./platform/auth.js";
+import { authInterceptor, createVerifier, mintToken } from "./platform/auth.js";
 import type { Config } from "./platform/config.js";
 import { openDb, type Db } from "./platform/db.js";
 import { createHost } from "./platform/host.js";
@@ -16,7 +16,6 @@ export interface Mesh {
   logger: Logger;
   db: Db;
   redis: RedisPorts;
-  verifier: TokenVerifier;
   modules: ReadonlyMap<ServiceName, ServiceModule>;
   /** The server-side interceptor chain (request log, auth) used by both listeners and in-process peers. */
   interceptors: Interceptor[];
@@ -60,7 +59,6 @@ export async function createMesh(config: Config, opts: { logger?: Logger; db?: D
     logger,
     db,
     redis,
-    verifier,
     modules,
     interceptors,
     peer,

@@ -57,8 +57,6 @@ export interface CatalogStore {
   getRestaurant(id: string): Promise<RestaurantInfo | undefined>;
   /** Categories in display order with items, groups and options; empty for a restaurant without a menu. */
   getMenu(restaurantId: string): Promise<CategoryInfo[]>;
-  /** The named items of this restaurant (others' items are simply absent), keyed by id. */
-  getItems(restaurantId: string, itemIds: string[]): Promise<Map<string, ItemInfo>>;
   /** The restaurant and the named items of its menu in one round trip (cart pricing's hot path). */
   getCart(restaurantId: string, itemIds: string[]): Promise<{ restaurant: RestaurantInfo; items: Map<string, ItemInfo> } | undefined>;
   setItemAvailability(restaurantId: string, itemId: string, optionId: string | undefined, available: boolean): Promise<AvailabilityResult>;
@@ -271,14 +269,6 @@ export function createCatalogStore(db: Db): CatalogStore {
         byCat.set(it.categoryId, list);
       }
       return cats.map((c) => ({ id: c.id, name: c.name, items: byCat.get(c.id) ?? [] }));
-    },
-
-    async getItems(restaurantId, itemIds) {
-      const ids = [...new Set(itemIds)].filter((x) => x);
-      if (ids.length === 0) return new Map();
-      const rows = await k.selectFrom("catalog_items").selectAll().where("restaurant_id", "=", restaurantId).where("id", "in", ids).execute();
-      const items = await loadItems(k, rows);
-      return new Map(items.map((i) => [i.id, i]));
     },
 
     async getCart(restaurantId, itemIds) {

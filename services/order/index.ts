@@ -1,12 +1,11 @@
 import { hostname } from "node:os";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
-import { ConnectError, createClient, type Client, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { createClient, type Client } from "@connectrpc/connect";
 import { CatalogService } from "../../gen/dabba/catalog/v1/catalog_service_pb.js";
 import { EventSchema } from "../../gen/dabba/events/v1/events_pb.js";
 import { OrderSchema } from "../../gen/dabba/order/v1/order_pb.js";
 import { OrderService } from "../../gen/dabba/order/v1/order_service_pb.js";
-import { toConnectError } from "../platform/errors.js";
-import type { Logger } from "../platform/logger.js";
+import { withMappedErrors } from "../platform/errors.js";
 import { createConsumer, createOutboxRelay, type Consumer, type OutboxRelay } from "../platform/outbox.js";
 import type { StreamEntry } from "../platform/redis.js";
 import type { ServiceDeps, ServiceModule } from "../platform/service.js";
@@ -68,24 +67,23 @@ export function createOrderService(deps: ServiceDeps): ServiceModule {
     handle: (e) => publishToFeed(deps, e),
   });
 
-  const { unary, serverStream } = errorMapper(logger);
-  const impl: ServiceImpl<typeof OrderService> = {
-    quoteOrder: unary("QuoteOrder", quoteOrder(h)),
-    placeOrder: unary("PlaceOrder", placeOrder(h)),
-    getOrder: unary("GetOrder", getOrder(h)),
-    listOrders: unary("ListOrders", listOrders(h)),
-    acceptOrder: unary("AcceptOrder", acceptOrder(h)),
-    rejectOrder: unary("RejectOrder", rejectOrder(h)),
-    startPreparing: unary("StartPreparing", startPreparing(h)),
-    markReady: unary("MarkReady", markReady(h)),
-    confirmPickup: unary("ConfirmPickup", confirmPickup(h)),
-    markEnRoute: unary("MarkEnRoute", markEnRoute(h)),
-    confirmDelivery: unary("ConfirmDelivery", confirmDelivery(h)),
-    cancelOrder: unary("CancelOrder", cancelOrder(h)),
-    assignDriver: unary("AssignDriver", assignDriver(h)),
-    unassignDriver: unary("UnassignDriver", unassignDriver(h)),
-    watchRestaurantOrders: serverStream("WatchRestaurantOrders", watchRestaurantOrders(h)),
-  };
+  const impl = withMappedErrors(OrderService, {
+    quoteOrder: quoteOrder(h),
+    placeOrder: placeOrder(h),
+    getOrder: getOrder(h),
+    listOrders: listOrders(h),
+    acceptOrder: acceptOrder(h),
+    rejectOrder: rejectOrder(h),
+    startPreparing: startPreparing(h),
+    markReady: markReady(h),
+    confirmPickup: confirmPickup(h),
+    markEnRoute: markEnRoute(h),
+    confirmDelivery: confirmDelivery(h),
+    cancelOrder: cancelOrder(h),
+    assignDriver: assignDriver(h),
+    unassignDriver: unassignDriver(h),
+    watchRestaurantOrders: watchRestaurantOrders(h),
+  }, logger);
 
   return {
     name: "order",
@@ -110,35 +108,4 @@ async function publishToFeed(deps: ServiceDeps, e: StreamEntry): Promise<void> {
   const ev = fromBinary(EventSchema, e.data);
   if (!ev.order) return;
   await deps.redis.channels.publish(restaurantChannel(ev.order.restaurantId), toBinary(OrderSchema, ev.order));
-}
-
-// Errors thrown by the store and handlers become their gRPC codes here, in one place, so the
-// service answers the same over the host and over a bare router transport; anything unexpected
-// is INTERNAL with the cause logged, never sent.
-function errorMapper(logger: Logger) {
-  const mapError = (err: unknown, rpc: string): ConnectError => {
-    const { error, internal } = toConnectError(err);
-    if (internal !== undefined) logger.error({ err: internal, rpc }, "order handler failed");
-    return error;
-  };
-  return {
-    unary<I, O>(rpc: string, fn: (req: I, ctx: HandlerContext) => Promise<O>): (req: I, ctx: HandlerContext) => Promise<O> {
-      return async (req, ctx) => {
-        try {
-          return await fn(req, ctx);
-        } catch (err) {
-          throw mapError(err, rpc);
-        }
-      };
-    },
-    serverStream<I, O>(rpc: string, fn: (req: I, ctx: HandlerContext) => AsyncGenerator<O>): (req: I, ctx: HandlerContext) => AsyncGenerator<O> {
-      return async function* (req, ctx) {
-        try {
-          yield* fn(req, ctx);
-        } catch (err) {
-          throw mapError(err, rpc);
-        }
-      };
-    },
-  };
 }

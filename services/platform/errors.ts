@@ -1,4 +1,5 @@
-import { Code, ConnectError } from "@connectrpc/connect";
+import type { DescService } from "@bufbuild/protobuf";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 
 /** Base class of typed domain errors; mapped to gRPC codes in one place (toConnectError). */
 export class DomainError extends Error {
@@ -46,4 +47,43 @@ export function toConnectError(err: unknown): { error: ConnectError; internal?: 
   if (err instanceof ConnectError) return { error: err };
   if (err instanceof DomainError) return { error: new ConnectError(err.message, err.code) };
   return { error: new ConnectError("internal error", Code.Internal), internal: err };
+}
+
+type Logged = { error(obj: object, msg: string): void };
+
+/**
+ * Wraps every method of a service implementation so errors become their gRPC codes inside the
+ * service itself (toConnectError; INTERNAL causes logged with the RPC name, never sent). The
+ * service then answers the same over the listeners, the in-process transport and a bare router
+ * transport in tests.
+ */
+export function withMappedErrors<T extends DescService>(desc: T, impl: ServiceImpl<T>, logger: Logged): ServiceImpl<T> {
+  const out: Record<string, unknown> = {};
+  for (const method of desc.methods) {
+    const fn = (impl as Record<string, unknown>)[method.localName] as ((req: unknown, ctx: HandlerContext) => unknown) | undefined;
+    if (typeof fn !== "function") continue;
+    const rpc = `${desc.typeName}/${method.name}`;
+    const mapped = (err: unknown) => {
+      const { error, internal } = toConnectError(err);
+      if (internal !== undefined) logger.error({ err: internal, rpc }, "handler failed");
+      return error;
+    };
+    out[method.localName] =
+      method.methodKind === "server_streaming" || method.methodKind === "bidi_streaming"
+        ? async function* (req: unknown, ctx: HandlerContext) {
+            try {
+              yield* fn(req, ctx) as AsyncIterable<unknown>;
+            } catch (err) {
+              throw mapped(err);
+            }
+          }
+        : async (req: unknown, ctx: HandlerContext) => {
+            try {
+              return await fn(req, ctx);
+            } catch (err) {
+              throw mapped(err);
+            }
+          };
+  }
+  return out as ServiceImpl<T>;
 }

@@ -3,7 +3,7 @@ import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } f
 import type { DescService } from "@bufbuild/protobuf";
 import { createCatalogStore } from "../../services/catalog/store.js";
 import { createMesh, type Mesh } from "../../services/mesh.js";
-import { bearer, mintToken, type Role } from "../../services/platform/auth.js";
+import { mintToken, type Role } from "../../services/platform/auth.js";
 import { testConfig, type Config } from "../../services/platform/config.js";
 import { openDb } from "../../services/platform/db.js";
 import { createLogger } from "../../services/platform/logger.js";
@@ -98,5 +98,3 @@ export async function startTestMesh(backend: Backend, overrides: Partial<Config>
     },
   };
 }
-
-export { bearer };
