@@ -31,7 +31,108 @@ export interface Config {
   orders: OrderConfig;
   /** Allowed CORS origins on the web port; ["*"] allows all. */
   corsOrigins: string[];
+  location: LocationConfig;
+  tracking: TrackingConfig;
 }
+
+/** A configured city: drivers are indexed per city (one geo key each). */
+export interface City {
+  /** Lower-case name used in keys and requests, e.g. "bengaluru". */
+  name: string;
+  centre: { lat: number; lng: number };
+  /** Rectangle that belongs to the city; a fix inside it is indexed under this city. */
+  bounds: { south: number; west: number; north: number; east: number };
+}
+
+/** GPS ingestion, validation, history and geofences. */
+export interface LocationConfig {
+  cities: City[];
+  /** Fixes with a worse (larger) accuracy radius are rejected. */
+  maxAccuracyM: number;
+  /** How far a device clock may run ahead of the server. */
+  maxFutureMs: number;
+  /** How old a fix may be (phones buffer fixes while offline). */
+  maxPastMs: number;
+  /** Implied speed between consecutive accepted fixes above this is rejected as suspected spoofing. */
+  maxSpeedMps: number;
+  /** Per-driver rate limit: sustained pings per second (token bucket) ... */
+  maxPingsPerSecond: number;
+  /** ... and the burst a buffered batch may use. */
+  pingBurst: number;
+  /** Most pings in one ReportLocations message. */
+  maxPingsPerMessage: number;
+  /** TTL of a driver's last-fix hash: drivers silent this long drop out of matching. */
+  fixTtlMs: number;
+  /** Accepted pings are written to Redis once per tick, in one pipeline. */
+  tickMs: number;
+  /** Days of location history kept in Postgres (whole day partitions are dropped). */
+  historyRetentionDays: number;
+  /** At most one history point per driver per this interval (trails do not need every fix). */
+  historyMinIntervalMs: number;
+  /** History buffer flush interval and the buffered rows above which ingestion waits for a flush. */
+  historyFlushMs: number;
+  historyMaxBuffered: number;
+  geofence: GeofenceConfig;
+}
+
+/** Geofence radii (metres) with hysteresis: enter when inside enterM, leave only beyond exitM. */
+export interface GeofenceConfig {
+  restaurantEnterM: number;
+  restaurantExitM: number;
+  customerApproachEnterM: number;
+  customerApproachExitM: number;
+  customerArriveEnterM: number;
+  customerArriveExitM: number;
+  /** A driver must stay inside (or outside) this long before the crossing counts. */
+  dwellMs: number;
+}
+
+/** TrackOrder streams. */
+export interface TrackingConfig {
+  /** Heartbeat interval on an idle stream. */
+  heartbeatMs: number;
+  /** At most one driver position per stream per this interval (newest wins). */
+  positionIntervalMs: number;
+}
+
+export const BENGALURU: City = Object.freeze({
+  name: "bengaluru",
+  centre: { lat: 12.9716, lng: 77.5946 },
+  bounds: { south: 12.7, west: 77.3, north: 13.25, east: 77.9 },
+});
+
+export const defaultGeofenceConfig: GeofenceConfig = Object.freeze({
+  restaurantEnterM: 60,
+  restaurantExitM: 150,
+  customerApproachEnterM: 800,
+  customerApproachExitM: 1200,
+  customerArriveEnterM: 60,
+  customerArriveExitM: 150,
+  dwellMs: 10_000,
+});
+
+export const defaultLocationConfig: LocationConfig = Object.freeze({
+  cities: [BENGALURU],
+  maxAccuracyM: 100,
+  maxFutureMs: 10_000,
+  maxPastMs: 10 * 60_000,
+  maxSpeedMps: 55,
+  maxPingsPerSecond: 5,
+  pingBurst: 120,
+  maxPingsPerMessage: 100,
+  fixTtlMs: 60_000,
+  tickMs: 5,
+  historyRetentionDays: 30,
+  historyMinIntervalMs: 1000,
+  historyFlushMs: 500,
+  historyMaxBuffered: 50_000,
+  geofence: defaultGeofenceConfig,
+});
+
+export const defaultTrackingConfig: TrackingConfig = Object.freeze({
+  heartbeatMs: 15_000,
+  positionIntervalMs: 1000,
+});
 
 export interface AuthConfig {
   /** HS256 shared secret (also used to mint service tokens). */
@@ -92,6 +193,8 @@ export function testConfig(overrides: Partial<Config> = {}): Config {
     demoSeed: false,
     orders: { ...defaultOrderConfig },
     corsOrigins: ["*"],
+    location: { ...defaultLocationConfig, geofence: { ...defaultGeofenceConfig } },
+    tracking: { ...defaultTrackingConfig },
     ...overrides,
   });
 }
@@ -199,7 +302,100 @@ export function loadConfig(env: Env): Config {
       maxActiveOrdersPerDriver: 1,
     },
     corsOrigins: (env.CORS_ORIGINS || "*").split(",").map((s) => s.trim()).filter(Boolean),
+    location: loadLocationConfig(env),
+    tracking: {
+      heartbeatMs: int(env, "TRACKING_HEARTBEAT_MS", defaultTrackingConfig.heartbeatMs, 100, 600_000),
+      positionIntervalMs: int(env, "TRACKING_POSITION_INTERVAL_MS", defaultTrackingConfig.positionIntervalMs, 0, 60_000),
+    },
   });
+}
+
+function loadLocationConfig(env: Env): LocationConfig {
+  const d = defaultLocationConfig;
+  const g = defaultGeofenceConfig;
+  const geofence: GeofenceConfig = {
+    restaurantEnterM: int(env, "GEOFENCE_RESTAURANT_ENTER_M", g.restaurantEnterM, 5, 10_000),
+    restaurantExitM: int(env, "GEOFENCE_RESTAURANT_EXIT_M", g.restaurantExitM, 5, 10_000),
+    customerApproachEnterM: int(env, "GEOFENCE_CUSTOMER_APPROACH_ENTER_M", g.customerApproachEnterM, 5, 50_000),
+    customerApproachExitM: int(env, "GEOFENCE_CUSTOMER_APPROACH_EXIT_M", g.customerApproachExitM, 5, 50_000),
+    customerArriveEnterM: int(env, "GEOFENCE_CUSTOMER_ARRIVE_ENTER_M", g.customerArriveEnterM, 5, 10_000),
+    customerArriveExitM: int(env, "GEOFENCE_CUSTOMER_ARRIVE_EXIT_M", g.customerArriveExitM, 5, 10_000),
+    dwellMs: int(env, "GEOFENCE_DWELL_MS", g.dwellMs, 0, 600_000),
+  };
+  for (const [enter, exit] of [
+    ["restaurantEnterM", "restaurantExitM"],
+    ["customerApproachEnterM", "customerApproachExitM"],
+    ["customerArriveEnterM", "customerArriveExitM"],
+  ] as const) {
+    if (geofence[exit] <= geofence[enter]) throw new ConfigError(`geofence ${exit} (${geofence[exit]}) must be larger than ${enter} (${geofence[enter]}): exit radius > enter radius is the hysteresis`);
+  }
+  return {
+    cities: env.LOCATION_CITIES ? parseCities(env.LOCATION_CITIES) : [...d.cities],
+    maxAccuracyM: int(env, "LOCATION_MAX_ACCURACY_M", d.maxAccuracyM, 1, 10_000),
+    maxFutureMs: int(env, "LOCATION_MAX_FUTURE_MS", d.maxFutureMs, 0, 3_600_000),
+    maxPastMs: int(env, "LOCATION_MAX_PAST_MS", d.maxPastMs, 1000, 7 * 86_400_000),
+    maxSpeedMps: int(env, "LOCATION_MAX_SPEED_MPS", d.maxSpeedMps, 1, 1000),
+    maxPingsPerSecond: int(env, "LOCATION_MAX_PINGS_PER_SECOND", d.maxPingsPerSecond, 1, 100_000),
+    pingBurst: int(env, "LOCATION_PING_BURST", d.pingBurst, 1, 100_000),
+    maxPingsPerMessage: int(env, "LOCATION_MAX_PINGS_PER_MESSAGE", d.maxPingsPerMessage, 1, 10_000),
+    fixTtlMs: int(env, "LOCATION_FIX_TTL_MS", d.fixTtlMs, 1000, 86_400_000),
+    tickMs: int(env, "LOCATION_TICK_MS", d.tickMs, 1, 1000),
+    historyRetentionDays: int(env, "LOCATION_HISTORY_RETENTION_DAYS", d.historyRetentionDays, 1, 3650),
+    historyMinIntervalMs: int(env, "LOCATION_HISTORY_MIN_INTERVAL_MS", d.historyMinIntervalMs, 0, 3_600_000),
+    historyFlushMs: int(env, "LOCATION_HISTORY_FLUSH_MS", d.historyFlushMs, 10, 60_000),
+    historyMaxBuffered: int(env, "LOCATION_HISTORY_MAX_BUFFERED", d.historyMaxBuffered, 100, 10_000_000),
+    geofence,
+  };
+}
+
+/**
+ * LOCATION_CITIES: JSON array of {name, centre: {lat, lng}, bounds: {south, west, north, east}}.
+ * Names are lower-case identifiers; bounds must contain the centre.
+ */
+export function parseCities(raw: string): City[] {
+  let v: unknown;
+  try {
+    v = JSON.parse(raw);
+  } catch (err) {
+    throw new ConfigError(`LOCATION_CITIES is not valid JSON: ${(err as Error).message}`);
+  }
+  if (!Array.isArray(v) || v.length === 0) throw new ConfigError("LOCATION_CITIES must be a non-empty JSON array of cities");
+  const seen = new Set<string>();
+  return v.map((c: any, i: number) => {
+    const where = `LOCATION_CITIES[${i}]`;
+    const num = (x: unknown, lo: number, hi: number, what: string) => {
+      if (typeof x !== "number" || !Number.isFinite(x) || x < lo || x > hi) throw new ConfigError(`${where}.${what} must be a number from ${lo} to ${hi}`);
+      return x;
+    };
+    if (typeof c?.name !== "string" || !/^[a-z0-9][a-z0-9_-]{0,63}$/.test(c.name)) throw new ConfigError(`${where}.name must be a lower-case identifier`);
+    if (seen.has(c.name)) throw new ConfigError(`${where}.name "${c.name}" is listed twice`);
+    seen.add(c.name);
+    const city: City = {
+      name: c.name,
+      centre: { lat: num(c.centre?.lat, -90, 90, "centre.lat"), lng: num(c.centre?.lng, -180, 180, "centre.lng") },
+      bounds: {
+        south: num(c.bounds?.south, -90, 90, "bounds.south"),
+        west: num(c.bounds?.west, -180, 180, "bounds.west"),
+        north: num(c.bounds?.north, -90, 90, "bounds.north"),
+        east: num(c.bounds?.east, -180, 180, "bounds.east"),
+      },
+    };
+    const b = city.bounds;
+    if (!(b.south < b.north && b.west < b.east)) throw new ConfigError(`${where}.bounds must have south < north and west < east`);
+    if (city.centre.lat < b.south || city.centre.lat > b.north || city.centre.lng < b.west || city.centre.lng > b.east) {
+      throw new ConfigError(`${where}.centre must lie inside its bounds`);
+    }
+    return city;
+  });
+}
+
+/** The first configured city whose bounds contain the point, if any. */
+export function cityAt(cities: readonly City[], lat: number, lng: number): City | undefined {
+  for (const c of cities) {
+    const b = c.bounds;
+    if (lat >= b.south && lat <= b.north && lng >= b.west && lng <= b.east) return c;
+  }
+  return undefined;
 }
 
 function readMaybeFile(v: string): string {

@@ -24,13 +24,29 @@ export function createMemoryRedis(opts: { keyPrefix?: string } = {}): RedisPorts
   const p = opts.keyPrefix ?? "";
   const eventLog = new MemoryEventLog(p);
   const channels = new MemoryChannels(p);
+  const geo = new MemoryGeo(p);
+  const kv = new MemoryKv(p);
   return {
     kind: "memory",
     eventLog,
     channels,
     rateLimiter: new MemoryRateLimiter(p),
-    geo: new MemoryGeo(p),
-    kv: new MemoryKv(p),
+    geo,
+    kv,
+    async batch(ops) {
+      // Validate everything first so a bad op fails the batch before any write, like a
+      // pipeline whose commands all reached Redis; then apply in order.
+      for (const o of ops) if (o.op === "geoadd") for (const it of o.items) checkLngLat(it.lng, it.lat);
+      for (const o of ops) {
+        if (o.op === "geoadd") await geo.add(o.key, o.items);
+        else if (o.op === "georemove") for (const m of o.members) await geo.remove(o.key, m);
+        else if (o.op === "hset") await kv.hset(o.key, o.fields, { ttlMs: o.ttlMs });
+        else await channels.publish(o.channel, o.data);
+      }
+    },
+    async hgetallMany(keys) {
+      return Promise.all(keys.map((k) => kv.hgetall(k)));
+    },
     async close() {
       eventLog.close();
       channels.close();

@@ -52,6 +52,39 @@ export async function openRealRedis(opts: { redisUrl: string; logger?: Logger; k
     rateLimiter: new RealRateLimiter(main, p),
     geo: new RealGeo(main, p),
     kv: new RealKv(main, p),
+    async batch(ops) {
+      if (ops.length === 0) return;
+      const pl = main.pipeline();
+      for (const o of ops) {
+        if (o.op === "geoadd") {
+          if (o.items.length === 0) continue;
+          const args: (string | number)[] = [];
+          for (const it of o.items) args.push(it.lng, it.lat, it.member);
+          pl.geoadd(p + o.key, ...args);
+        } else if (o.op === "georemove") {
+          if (o.members.length > 0) pl.zrem(p + o.key, ...o.members);
+        } else if (o.op === "hset") {
+          if (Object.keys(o.fields).length === 0) continue;
+          pl.hset(p + o.key, o.fields);
+          if (o.ttlMs !== undefined) pl.pexpire(p + o.key, o.ttlMs);
+        } else {
+          pl.publish(p + o.channel, toBuffer(o.data));
+        }
+      }
+      const results = (await pl.exec()) ?? [];
+      const failed = results.find(([err]) => err);
+      if (failed) throw failed[0];
+    },
+    async hgetallMany(keys) {
+      if (keys.length === 0) return [];
+      const pl = main.pipeline();
+      for (const k of keys) pl.hgetall(p + k);
+      const results = (await pl.exec()) ?? [];
+      return results.map(([err, v]) => {
+        if (err) throw err;
+        return (v ?? {}) as Record<string, string>;
+      });
+    },
     async close() {
       await eventLog.close();
       await channels.close();

@@ -106,6 +106,14 @@ export interface Kv {
   hgetall(key: string): Promise<Record<string, string>>;
 }
 
+/** One write in a batch (see RedisPorts.batch). */
+export type BatchOp =
+  | { op: "geoadd"; key: string; items: GeoItem[] }
+  | { op: "georemove"; key: string; members: string[] }
+  /** HSET; with ttlMs the key's TTL is (re)set to it. */
+  | { op: "hset"; key: string; fields: Record<string, string>; ttlMs?: number }
+  | { op: "publish"; channel: string; data: Uint8Array };
+
 export interface RedisPorts {
   kind: "redis" | "memory";
   eventLog: EventLog;
@@ -113,6 +121,15 @@ export interface RedisPorts {
   rateLimiter: RateLimiter;
   geo: GeoIndex;
   kv: Kv;
+  /**
+   * Sends the writes in order in one round trip (a pipeline: not atomic). Resolves when Redis
+   * has answered all of them; rejects when any failed (earlier ones may have been applied).
+   * While Redis is unreachable the returned promise waits (bounded by the caller's own
+   * backpressure) or rejects; it never buffers without bound behind the caller's back.
+   */
+  batch(ops: BatchOp[]): Promise<void>;
+  /** HGETALL for many keys in one round trip; {} for missing keys, in the order given. */
+  hgetallMany(keys: string[]): Promise<Record<string, string>[]>;
   close(): Promise<void>;
 }
 
