@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { timestampFromMs, type MessageInitShape } from "@bufbuild/protobuf/wkt";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { LocationService, type ReportLocationsRequestSchema, type ReportLocationsResponse } from "../../gen/dabba/location/v1/location_service_pb.js";
 import { OrderStatus } from "../../gen/dabba/order/v1/order_pb.js";
 import { OrderService } from "../../gen/dabba/order/v1/order_service_pb.js";
