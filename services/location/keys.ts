@@ -36,3 +36,11 @@ export function spoofCountKey(driverId: string): string {
 
 /** Event-log stream for geofence crossings (dabba.events.v1.Event with the geofence payload). */
 export const LOCATION_EVENTS_STREAM = "events:location";
+
+/**
+ * Hash of a driver's public profile as customers see it while tracking: name, vehicle (a short
+ * description such as "red scooter"). Written by dispatch; missing fields read as empty.
+ */
+export function driverProfileKey(driverId: string): string {
+  return `driver-profile:${driverId}`;
+}
