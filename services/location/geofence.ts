@@ -90,8 +90,8 @@ export function hasFired(state: GeofenceState, kind: GeofenceKind): boolean {
 
 /** Which side one fix puts the driver on for a fence, taking its accuracy into account. */
 export function classify(distanceM: number, accuracyM: number, enterM: number, exitM: number): Side {
-  const acc = accuracyM > 0 ? accuracyM : 0;
-  // NaN fails every comparison below and decides nothing.
+  // NaN (distance or accuracy) fails every comparison below and decides nothing.
+  const acc = accuracyM < 0 ? 0 : accuracyM;
   if (!(acc <= enterM)) return UNKNOWN;
   if (distanceM + acc <= enterM) return INSIDE;
   if (distanceM - acc >= exitM) return OUTSIDE;
