@@ -307,6 +307,71 @@ for (const impl of ["memory", "redis"] as const) {
       });
     });
 
+    describe("batch and hgetallMany", () => {
+      it("applies geoadd, georemove, hset (with and without TTL) and publish in order, in one call", async () => {
+        const got: Uint8Array[] = [];
+        const unsubscribe = await r.channels.subscribe("b:ch", (d) => got.push(d));
+        try {
+          await r.batch([
+            { op: "geoadd", key: "b:geo", items: [{ member: "a", lng: 77.606, lat: 12.9757 }, { member: "b", lng: 77.62, lat: 12.97 }] },
+            { op: "hset", key: "b:fix:a", fields: { lat: "12.9757", lng: "77.606", seq: "1" }, ttlMs: 150 },
+            { op: "hset", key: "b:fix:b", fields: { lat: "12.97", seq: "7" } },
+            { op: "hset", key: "b:fix:a", fields: { seq: "2" } },
+            { op: "georemove", key: "b:geo", members: ["a", "never-there"] },
+            { op: "geoadd", key: "b:geo2", items: [{ member: "a", lng: 77.7, lat: 13.0 }] },
+            { op: "publish", channel: "b:ch", data: bytes(0, 1, 255, 10) },
+            { op: "geoadd", key: "b:geo", items: [] },
+            { op: "georemove", key: "b:geo", members: [] },
+          ]);
+          const hits = await r.geo.search("b:geo", { lng: 77.605, lat: 12.9756, radiusKm: 20 });
+          assert.deepEqual(hits.map((h) => h.member), ["b"]);
+          assert.deepEqual((await r.geo.search("b:geo2", { lng: 77.7, lat: 13.0, radiusKm: 1 })).map((h) => h.member), ["a"]);
+          assert.deepEqual(await r.hgetallMany(["b:fix:a", "b:missing", "b:fix:b"]), [
+            { lat: "12.9757", lng: "77.606", seq: "2" },
+            {},
+            { lat: "12.97", seq: "7" },
+          ]);
+          await until(() => got.length === 1, 2000, "the published message");
+          assert.deepEqual([...got[0]!], [0, 1, 255, 10]);
+          // The TTL applies to the whole hash (a later hset without ttlMs keeps it); the other has none.
+          await sleep(250);
+          assert.deepEqual(await r.hgetallMany(["b:fix:a", "b:fix:b"]), [{}, { lat: "12.97", seq: "7" }]);
+        } finally {
+          await unsubscribe();
+        }
+      });
+
+      it("refreshes the TTL on every hset that carries one", async () => {
+        await r.batch([{ op: "hset", key: "b:ttl", fields: { v: "1" }, ttlMs: 400 }]);
+        await sleep(250);
+        await r.batch([{ op: "hset", key: "b:ttl", fields: { v: "2" }, ttlMs: 400 }]);
+        await sleep(250);
+        assert.deepEqual(await r.kv.hgetall("b:ttl"), { v: "2" }, "still alive 500 ms after the first write");
+        await until(async () => Object.keys(await r.kv.hgetall("b:ttl")).length === 0, 2000, "expiry of the refreshed TTL");
+      });
+
+      it("resolves an empty batch and an empty read, and rejects a batch with an invalid write", async () => {
+        await r.batch([]);
+        assert.deepEqual(await r.hgetallMany([]), []);
+        await assert.rejects(r.batch([{ op: "geoadd", key: "b:bad", items: [{ member: "x", lng: 77.6, lat: 89 }] }]), /invalid/i);
+        await r.kv.set("b:str", "x");
+        await assert.rejects(r.hgetallMany(["b:fix:b", "b:str"]), /WRONGTYPE/);
+      });
+
+      it("keeps concurrent batches' writes whole and in call order per key", async () => {
+        await Promise.all(
+          Array.from({ length: 50 }, (_, i) =>
+            r.batch([
+              { op: "hset", key: "b:conc", fields: { last: String(i) }, ttlMs: 10_000 },
+              { op: "geoadd", key: "b:conc-geo", items: [{ member: `m${i}`, lng: 77.6 + i * 1e-4, lat: 12.97 }] },
+            ]),
+          ),
+        );
+        assert.equal((await r.kv.hgetall("b:conc")).last, "49");
+        assert.equal((await r.geo.search("b:conc-geo", { lng: 77.6, lat: 12.97, radiusKm: 5 })).length, 50);
+      });
+    });
+
     describe("Kv", () => {
       it("sets, gets, deletes and honours NX", async () => {
         assert.equal(await r.kv.get("k1"), null);
