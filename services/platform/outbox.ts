@@ -303,34 +303,62 @@ export function createConsumer(opts: ConsumerOptions): Consumer {
     return done.length;
   }
 
+  // Where the group starts: opts.startId when first created; "0" when re-created after Redis
+  // lost it (a restart without persistence loses streams and groups together, so everything in
+  // the stream now was appended after the loss and was never delivered to this group).
+  let nextStartId = opts.startId ?? "0";
+
   async function ensureGroup(): Promise<void> {
     if (groupReady) return;
-    await eventLog.ensureGroup(stream, group, opts.startId ?? "0");
+    await eventLog.ensureGroup(stream, group, nextStartId);
     groupReady = true;
   }
 
   async function round(block: number): Promise<number> {
     await ensureGroup();
-    let n = 0;
-    const now = Date.now();
-    if (now - lastClaim >= Math.min(claimIdleMs, 5000)) {
-      lastClaim = now;
-      n += await process(await eventLog.claimStale(stream, group, consumer, claimIdleMs, count));
+    try {
+      let n = 0;
+      const now = Date.now();
+      if (now - lastClaim >= Math.min(claimIdleMs, 5000)) {
+        lastClaim = now;
+        n += await process(await eventLog.claimStale(stream, group, consumer, claimIdleMs, count));
+      }
+      n += await process(await eventLog.readGroup(stream, group, consumer, { count, blockMs: block }));
+      return n;
+    } catch (err) {
+      if (isNoGroup(err)) {
+        // Redis no longer has the group (restarted without persistence, or the stream was
+        // deleted): re-create it on the next round instead of failing forever.
+        groupReady = false;
+        nextStartId = "0";
+        throw new GroupLostError(err);
+      }
+      throw err;
     }
-    n += await process(await eventLog.readGroup(stream, group, consumer, { count, blockMs: block }));
-    return n;
   }
 
   async function run(): Promise<void> {
     let failures = 0;
+    let lostAgain = false;
     while (running) {
       try {
         await round(blockMs);
         failures = 0;
+        lostAgain = false;
       } catch (err) {
         if (!running) break;
         failures++;
-        logger?.error({ err, failures }, "consumer read failed");
+        if (err instanceof GroupLostError) {
+          logger?.warn({ err: err.cause, failures }, "consumer group lost (Redis restarted?); re-creating it");
+          // Re-created at once (after a restart the connection errors have backed off enough
+          // already); a group that vanishes again before a read succeeds backs off like any failure.
+          if (!lostAgain) {
+            lostAgain = true;
+            continue;
+          }
+        } else {
+          logger?.error({ err, failures }, "consumer read failed");
+        }
         await new Promise((r) => setTimeout(r, Math.min(100 * 2 ** failures, 5000)));
       }
     }
@@ -352,6 +380,19 @@ export function createConsumer(opts: ConsumerOptions): Consumer {
       return round(0);
     },
   };
+}
+
+/** Redis answers NOGROUP when the stream or the group does not exist (the in-process twin says the same). */
+function isNoGroup(err: unknown): boolean {
+  return err instanceof Error && /\bNOGROUP\b/.test(err.message);
+}
+
+/** A read failed because the group is gone; it is re-created on the next round. */
+class GroupLostError extends Error {
+  constructor(cause: unknown) {
+    super(`consumer group lost: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+    this.name = "GroupLostError";
+  }
 }
 
 function quoteIdent(name: string): string {

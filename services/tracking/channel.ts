@@ -28,6 +28,11 @@ export function encodeEvent(event: Event): Uint8Array {
   return frame(TAG_EVENT, toBinary(EventSchema, event));
 }
 
+/** Frames an events.v1.Event that is already encoded (as stored on the event log) without re-encoding it. */
+export function encodeEventBytes(eventBinary: Uint8Array): Uint8Array {
+  return frame(TAG_EVENT, eventBinary);
+}
+
 /** Decodes a channel message; throws on an unknown tag or a malformed body. */
 export function decodeSignal(data: Uint8Array): TrackingSignal {
   const body = data.subarray(1);

@@ -1,0 +1,343 @@
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { timestampMs, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type Client, type HandlerContext } from "@connectrpc/connect";
+import type { Event } from "../../../gen/dabba/events/v1/events_pb.js";
+import type { DriverPosition } from "../../../gen/dabba/location/v1/location_pb.js";
+import { OrderStatus, TimelineEntrySchema, TimelineKind, type Order, type TimelineEntry } from "../../../gen/dabba/order/v1/order_pb.js";
+import type { OrderService } from "../../../gen/dabba/order/v1/order_service_pb.js";
+import type { TrackOrderRequest, TrackOrderResponseSchema } from "../../../gen/dabba/tracking/v1/tracking_service_pb.js";
+import { driverFixKey, driverProfileKey } from "../../location/keys.js";
+import { principalOf, type Principal } from "../../platform/auth.js";
+import type { TrackingConfig } from "../../platform/config.js";
+import { NotFoundError, PermissionError, UnavailableError, invalid } from "../../platform/errors.js";
+import type { Logger } from "../../platform/logger.js";
+import type { RedisPorts } from "../../platform/redis.js";
+import type { TrackingSignal } from "../channel.js";
+import type { TrackingHub } from "../hub.js";
+
+type Msg = MessageInitShape<typeof TrackOrderResponseSchema>;
+
+/** What TrackOrder needs. */
+export interface TrackOrderDeps {
+  tracking: TrackingConfig;
+  redis: RedisPorts;
+  logger: Logger;
+  hub: TrackingHub;
+  /** The order service (a peer transport carrying the service token). */
+  orders: () => Client<typeof OrderService>;
+}
+
+/** Status events a slow watcher may have queued before its stream is ended (it resumes with last_event_id). */
+export const MAX_QUEUED_EVENTS = 256;
+const ID_MAX = 128;
+const NOT_FOUND = "order not found";
+
+/** Event payloads that are timeline entries (status changes and driver assignments). */
+const STATUS_OF: Partial<Record<NonNullable<Event["payload"]["case"]>, OrderStatus>> = {
+  placed: OrderStatus.PLACED,
+  confirmed: OrderStatus.CONFIRMED,
+  rejected: OrderStatus.CANCELLED,
+  preparing: OrderStatus.PREPARING,
+  ready: OrderStatus.READY_FOR_PICKUP,
+  pickedUp: OrderStatus.PICKED_UP,
+  enRoute: OrderStatus.EN_ROUTE,
+  delivered: OrderStatus.DELIVERED,
+  cancelled: OrderStatus.CANCELLED,
+};
+
+function isTerminal(s: OrderStatus): boolean {
+  return s === OrderStatus.DELIVERED || s === OrderStatus.CANCELLED;
+}
+
+/** Parses last_event_id ("<orderId>-<sequence>"); undefined when empty, INVALID_ARGUMENT when malformed or of another order. */
+export function parseLastEventId(orderId: string, lastEventId: string): bigint | undefined {
+  if (lastEventId === "") return undefined;
+  const dash = lastEventId.lastIndexOf("-");
+  const digits = dash > 0 ? lastEventId.slice(dash + 1) : "";
+  if (lastEventId.length > ID_MAX + 21 || !/^[0-9]{1,18}$/.test(digits)) {
+    throw invalid("last_event_id", 'must be an event id "<order_id>-<sequence>" from this stream');
+  }
+  if (lastEventId.slice(0, dash) !== orderId) throw invalid("last_event_id", "belongs to another order");
+  return BigInt(digits);
+}
+
+/** The timeline entry an order event records, as GetOrder's timeline shows it. */
+export function timelineEntryOf(ev: Event): TimelineEntry | undefined {
+  const p = ev.payload;
+  let kind = TimelineKind.STATUS;
+  let status: OrderStatus | undefined;
+  let driverId = "";
+  let reason = "";
+  switch (p.case) {
+    case "driverAssigned":
+      kind = TimelineKind.DRIVER_ASSIGNED;
+      driverId = p.value.driverId;
+      status = ev.order?.status;
+      break;
+    case "driverUnassigned":
+      kind = TimelineKind.DRIVER_UNASSIGNED;
+      driverId = p.value.driverId;
+      reason = p.value.reason;
+      status = ev.order?.status;
+      break;
+    case "rejected":
+      reason = p.value.reason;
+      status = STATUS_OF[p.case];
+      break;
+    case "cancelled":
+      reason = p.value.reason;
+      driverId = p.value.releasedDriverId;
+      status = STATUS_OF[p.case];
+      break;
+    default:
+      status = p.case ? STATUS_OF[p.case] : undefined;
+  }
+  if (status === undefined) return undefined;
+  return create(TimelineEntrySchema, { kind, status, actor: ev.actor, reason, driverId, at: ev.occurredAt, sequence: ev.sequence });
+}
+
+function atMs(t: Timestamp | undefined): number {
+  return t ? timestampMs(t) : 0;
+}
+
+function statusMsg(orderId: string, entry: TimelineEntry, final: boolean): Msg {
+  return { eventId: `${orderId}-${entry.sequence}`, update: { case: "status", value: { status: entry.status, entry } }, final };
+}
+
+/**
+ * TrackOrder: the order's customer, its restaurant, ops and services watch one order.
+ *
+ * Joins the hub before loading the order, so nothing published meanwhile is missed: signals
+ * queue up while the snapshot (or the resume replay) is built and are then applied in order,
+ * skipping event sequences the stream already covered. Status events are queued (bounded: a
+ * watcher that falls further behind is ended with UNAVAILABLE and resumes with last_event_id);
+ * positions are never queued, only the newest is kept and sent when the interval allows.
+ */
+export function trackOrder(deps: TrackOrderDeps) {
+  const intervalMs = deps.tracking.positionIntervalMs;
+  const heartbeatMs = deps.tracking.heartbeatMs;
+
+  return async function* (req: TrackOrderRequest, ctx: HandlerContext): AsyncGenerator<Msg> {
+    const principal = principalOf(ctx);
+    if (principal.role === "driver") throw new PermissionError("role driver may not track orders");
+    const orderId = req.orderId;
+    if (orderId === "") throw invalid("order_id", "is required");
+    if ([...orderId].length > ID_MAX) throw invalid("order_id", `must be at most ${ID_MAX} characters`);
+    const resumeAfter = parseLastEventId(orderId, req.lastEventId);
+    const signal = ctx.signal;
+
+    // ---- state shared with the hub callback (synchronous, cheap).
+    const events: Event[] = [];
+    let overflow = false;
+    /** The newest position not sent yet. */
+    let pending: DriverPosition | undefined;
+    let pendingAt = 0;
+    /** Device time of the newest position sent (snapshot included): older ones are never sent. */
+    let sentPosAt = 0;
+    /** The order's currently assigned driver ("" for none), as of the last applied event. */
+    let driver = "";
+    let terminal = false;
+    let loaded = false;
+
+    let notify: (() => void) | undefined;
+    const wake = () => {
+      const n = notify;
+      notify = undefined;
+      n?.();
+    };
+
+    const onSignal = (s: TrackingSignal) => {
+      if (s.kind === "event") {
+        if (events.length >= MAX_QUEUED_EVENTS) overflow = true;
+        else events.push(s.event);
+        wake();
+        return;
+      }
+      const pos = s.position;
+      const at = atMs(pos.at);
+      if (at <= sentPosAt || (pending && at <= pendingAt)) return;
+      // With no event waiting to be applied the assignment is known: drop other drivers' positions here.
+      if (loaded && events.length === 0 && (terminal || pos.driverId !== driver)) return;
+      pending = pos;
+      pendingAt = at;
+      wake();
+    };
+
+    const watch = deps.hub.join(orderId, onSignal);
+    signal.addEventListener("abort", wake, { once: true });
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await watch.ready;
+      let order = await loadOrder(deps, orderId, signal);
+      if (!maySee(principal, order)) throw new NotFoundError(NOT_FOUND);
+
+      let lastSeq = 0n;
+      for (const e of order.timeline) if (e.sequence > lastSeq) lastSeq = e.sequence;
+      driver = order.driverId;
+      terminal = isTerminal(order.status);
+      let lastSentWall = performance.now();
+      let lastPosWall = -Infinity;
+
+      if (resumeAfter === undefined) {
+        const snapshot = await buildSnapshot(deps, order, terminal);
+        if (snapshot.positionAt > sentPosAt) sentPosAt = snapshot.positionAt;
+        loaded = true;
+        yield { eventId: `${orderId}-${lastSeq}`, update: { case: "snapshot", value: snapshot.value }, final: terminal };
+        if (terminal) return;
+      } else {
+        loaded = true;
+        const missed = order.timeline.filter((e) => e.sequence > resumeAfter);
+        // A watcher that missed the final message gets it again; one that saw everything of a finished order gets the last entry once more.
+        if (missed.length === 0 && terminal && order.timeline.length > 0) missed.push(order.timeline[order.timeline.length - 1]!);
+        for (let i = 0; i < missed.length; i++) {
+          yield statusMsg(orderId, missed[i]!, terminal && i === missed.length - 1);
+        }
+        if (terminal) return;
+        lastSentWall = performance.now();
+      }
+
+      while (!signal.aborted) {
+        if (overflow) {
+          deps.logger.warn({ orderId }, "tracking watcher too slow; ending stream");
+          throw new ConnectError("tracking stream fell behind; reconnect with last_event_id", Code.Unavailable);
+        }
+
+        const ev = events.shift();
+        if (ev) {
+          if (ev.orderId !== orderId) continue;
+          const seq = ev.sequence;
+          if (seq > 0n && seq <= lastSeq) continue; // covered by the snapshot or sent already (at least once delivery)
+          const out: Msg[] = [];
+          if (seq > lastSeq + 1n && lastSeq > 0n) {
+            // A gap: events published while this process was not subscribed (a Redis reconnect)
+            // are lost on the channel; the order's timeline has them.
+            order = await loadOrder(deps, orderId, signal);
+            for (const e of order.timeline) {
+              if (e.sequence > lastSeq && e.sequence < seq) {
+                out.push(statusMsg(orderId, e, false));
+                lastSeq = e.sequence;
+              }
+            }
+          }
+          if (seq > lastSeq) lastSeq = seq;
+          const p = ev.payload;
+          if (p.case === "etaChanged") {
+            if (p.value.eta) out.push({ eventId: ev.eventId, update: { case: "eta", value: p.value.eta } });
+          } else {
+            const entry = timelineEntryOf(ev);
+            if (entry) {
+              if (p.case === "driverAssigned") driver = p.value.driverId;
+              else if (p.case === "driverUnassigned" || p.case === "cancelled" || p.case === "rejected") driver = "";
+              else if (ev.order) driver = ev.order.driverId;
+              terminal = isTerminal(entry.status);
+              out.push(statusMsg(orderId, entry, terminal));
+            }
+          }
+          for (const m of out) {
+            yield m;
+            lastSentWall = performance.now();
+            if (m.final) return;
+          }
+          continue;
+        }
+
+        const now = performance.now();
+        let due = lastSentWall + heartbeatMs;
+        if (pending) {
+          if (terminal || pending.driverId !== driver || driver === "" || pendingAt <= sentPosAt) {
+            pending = undefined;
+            continue;
+          }
+          const posDue = lastPosWall + intervalMs;
+          if (now >= posDue) {
+            const pos = pending;
+            pending = undefined;
+            sentPosAt = pendingAt;
+            lastPosWall = now;
+            yield {
+              eventId: `pos-${sentPosAt}`,
+              update: { case: "location", value: { location: pos.location, headingDeg: pos.headingDeg, at: pos.at } },
+            };
+            lastSentWall = performance.now();
+            continue;
+          }
+          if (posDue < due) due = posDue;
+        }
+        if (now >= lastSentWall + heartbeatMs) {
+          yield { eventId: "", update: { case: "heartbeat", value: {} } };
+          lastSentWall = performance.now();
+          continue;
+        }
+        await new Promise<void>((resolve) => {
+          notify = resolve;
+          timer = setTimeout(wake, Math.max(1, Math.ceil(due - now)));
+          if (signal.aborted || events.length > 0 || overflow) wake();
+        });
+        clearTimeout(timer);
+        timer = undefined;
+      }
+    } finally {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", wake);
+      watch.leave();
+    }
+  };
+}
+
+/** Whether the caller may watch the order: its customer, its restaurant, ops, services. */
+function maySee(p: Principal, order: Order): boolean {
+  switch (p.role) {
+    case "customer":
+      return order.customerId === p.sub;
+    case "restaurant":
+      return p.restaurantId !== undefined && order.restaurantId === p.restaurantId;
+    case "ops":
+    case "service":
+      return true;
+    default:
+      return false;
+  }
+}
+
+/** The order with its timeline, through the order service. */
+async function loadOrder(deps: TrackOrderDeps, orderId: string, signal: AbortSignal): Promise<Order> {
+  try {
+    const res = await deps.orders().getOrder({ orderId }, { signal });
+    if (!res.order) throw new NotFoundError(NOT_FOUND);
+    return res.order;
+  } catch (err) {
+    if (err instanceof NotFoundError) throw err;
+    const ce = ConnectError.from(err);
+    if (ce.code === Code.NotFound) throw new NotFoundError(NOT_FOUND);
+    if (ce.code === Code.Canceled || signal.aborted) throw new ConnectError("stream cancelled", Code.Canceled);
+    if (ce.code === Code.Unavailable || ce.code === Code.DeadlineExceeded || ce.code === Code.ResourceExhausted) {
+      throw new UnavailableError("order service is unavailable; retry");
+    }
+    deps.logger.error({ err, orderId }, "GetOrder failed");
+    throw new ConnectError("internal error", Code.Internal);
+  }
+}
+
+/** The first message: the order with its timeline, the driver and its last position when assigned, the ETA. */
+async function buildSnapshot(
+  deps: TrackOrderDeps,
+  order: Order,
+  terminal: boolean,
+): Promise<{ value: NonNullable<Extract<Msg["update"], { case: "snapshot" }>["value"]>; positionAt: number }> {
+  const value: NonNullable<Extract<Msg["update"], { case: "snapshot" }>["value"]> = { order, eta: order.eta };
+  let positionAt = 0;
+  if (order.driverId !== "") {
+    const [profile, fix] = await deps.redis.hgetallMany([driverProfileKey(order.driverId), driverFixKey(order.driverId)]);
+    value.driver = { driverId: order.driverId, name: profile?.name ?? "", vehicle: profile?.vehicle ?? "" };
+    if (!terminal && fix) {
+      const lat = Number(fix.lat);
+      const lng = Number(fix.lng);
+      if (fix.lat !== undefined && fix.lng !== undefined && Number.isFinite(lat) && Number.isFinite(lng)) {
+        value.driverLocation = { lat, lng };
+        const at = Number(fix.at);
+        if (Number.isFinite(at)) positionAt = at;
+      }
+    }
+  }
+  return { value, positionAt };
+}
