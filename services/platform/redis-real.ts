@@ -31,7 +31,20 @@ import type {
  */
 export async function openRealRedis(opts: { redisUrl: string; logger?: Logger; keyPrefix: string }): Promise<RedisPorts> {
   const logger = opts.logger?.child({ component: "redis" });
-  const main = new Redis(opts.redisUrl, { lazyConnect: true, connectionName: connName(opts.keyPrefix, "cmd") });
+  // Outages (a Redis restart): commands wait in the offline queue while ioredis reconnects with
+  // a backoff of 50 ms growing to 2 s, and fail after maxRetriesPerRequest reconnect attempts
+  // (about 10 s), so nothing waits, or sits queued, longer than that; callers with their own
+  // backpressure (the location tick writer keeps one batch in flight) keep the queue small.
+  // Commands sent but unanswered when the connection dropped are resent after the reconnect.
+  // The duplicated connections (subscriber, stream readers) inherit these options.
+  const main = new Redis(opts.redisUrl, {
+    lazyConnect: true,
+    connectionName: connName(opts.keyPrefix, "cmd"),
+    enableOfflineQueue: true,
+    maxRetriesPerRequest: 20,
+    retryStrategy: (times) => Math.min(times * 50, 2000),
+    autoResendUnfulfilledCommands: true,
+  });
   main.on("error", (err) => logger?.warn({ err }, "redis connection error"));
   try {
     await main.connect();
