@@ -29,6 +29,8 @@ const MAINTENANCE_MS = 3_600_000;
 const IDLE_SWEEP_MS = 60_000;
 /** Upper bound of the retry delay after failed flushes. */
 const MAX_BACKOFF_MS = 30_000;
+/** Least time between two warnings about dropped rows. */
+const DROP_LOG_MS = 5_000;
 /**
  * pg_advisory_xact_lock key serialising partition DDL across every process sharing the database:
  * two concurrent `create table if not exists ... partition of` for the same day can otherwise both
@@ -249,14 +251,27 @@ export function createLocationHistory(opts: { db: Db; config: LocationConfig; lo
     }
   }
 
+  let droppedUnlogged = 0;
+  let lastDropLog = 0;
+
+  /** Counts dropped rows; warns at most every DROP_LOG_MS so an outage does not flood the log. */
+  function noteDropped(n: number, why: string): void {
+    counters.dropped += n;
+    droppedUnlogged += n;
+    const now = Date.now();
+    if (now - lastDropLog < DROP_LOG_MS) return;
+    lastDropLog = now;
+    log.warn({ dropped: droppedUnlogged, droppedTotal: counters.dropped, cap }, why);
+    droppedUnlogged = 0;
+  }
+
   /** Drops the oldest buffered rows beyond 2 x historyMaxBuffered. */
   function trimToCap(): void {
     const excess = buffer.length + inFlight - cap;
     if (excess <= 0) return;
     const n = Math.min(excess, buffer.length);
     buffer.splice(0, n);
-    counters.dropped += n;
-    log.warn({ dropped: n, droppedTotal: counters.dropped, cap }, "location history buffer full: oldest rows dropped");
+    noteDropped(n, "location history buffer full: oldest rows dropped");
   }
 
   async function doFlush(): Promise<void> {
@@ -339,6 +354,11 @@ export function createLocationHistory(opts: { db: Db; config: LocationConfig; lo
     async append(fixes) {
       const now = Date.now();
       for (const f of fixes) {
+        // Ingestion validates fixes; a row Postgres would refuse must still never wedge the batch.
+        if (!Number.isFinite(f.deviceTimeMs) || !Number.isFinite(f.receivedAtMs) || !Number.isFinite(f.lat) || !Number.isFinite(f.lng)) {
+          noteDropped(1, "location history: fix with a non-finite time or position dropped");
+          continue;
+        }
         if (interval > 0) {
           const last = lastKept.get(f.driverId);
           if (last) {

@@ -246,8 +246,10 @@ for (const kind of ["embedded", "real"] as const) {
         await h.ensurePartitions(new Date(NOW));
         const odd = 'drv,"quoted" {brace} back\\slash ñ';
         const f = fix(odd, NOW + 123, { lat: -33.8688, lng: 151.2093, accuracyM: 3.5, speedMps: 0, headingDeg: 359.5, receivedAtMs: NOW + 999 });
-        await h.append([f, fix("NULL", NOW + 124)]);
+        await h.append([f, fix("NULL", NOW + 124), fix("nan", Number.NaN)]);
         await h.flush();
+        // A row Postgres would refuse is dropped and counted, not allowed to fail the whole batch.
+        assert.deepEqual(h.stats(), { written: 2, downsampled: 0, dropped: 1, flushes: 1, failures: 0 });
         const [got] = await h.trail(odd, NOW, NOW + 1000, 10);
         assert.deepEqual(got, { ...f, city: "", sequence: 0n });
         assert.equal((await h.trail("NULL", NOW, NOW + 1000, 10)).length, 1);
@@ -287,24 +289,30 @@ for (const kind of ["embedded", "real"] as const) {
         });
         await isLocked;
 
-        let settled = false;
-        const waiting = h.append([fix("bp-last", NOW + 500)]).then(() => (settled = true));
-        await until(() => counter.inserts === 1, 10_000, "flush started");
-        // Appends above the mark wait too, for the flush after the blocked one.
-        let settled2 = false;
-        const waiting2 = h.append([fix("bp-after", NOW + 600)]).then(() => (settled2 = true));
-        assert.equal(settled, false, "append above the mark resolved while its flush was blocked");
-        assert.equal(settled2, false);
-        assert.equal(await countOutside(kind, runDb), kind === "real" ? 0 : undefined);
+        try {
+          let settled = false;
+          const waiting = h.append([fix("bp-last", NOW + 500)]).then(() => (settled = true));
+          await until(() => counter.inserts === 1, 10_000, "flush started");
+          // Appends above the mark wait too, for the flush after the blocked one.
+          let settled2 = false;
+          const waiting2 = h.append([fix("bp-after", NOW + 600)]).then(() => (settled2 = true));
+          assert.equal(settled, false, "append above the mark resolved while its flush was blocked");
+          assert.equal(settled2, false);
+          assert.equal(await countOutside(kind, runDb), kind === "real" ? 0 : undefined);
 
-        release();
-        await blocker;
-        await waiting;
-        assert.equal(h.stats().flushes >= 1, true);
-        await waiting2;
-        await h.flush();
-        assert.equal(await count(db), 101);
-        assert.equal(h.stats().written, 101);
+          release();
+          await blocker;
+          await waiting;
+          assert.equal(h.stats().flushes >= 1, true);
+          await waiting2;
+          await h.flush();
+          assert.equal(await count(db), 101);
+          assert.equal(h.stats().written, 101);
+        } finally {
+          // A failed assertion must not leave the lock held (later hooks would wait on it).
+          release();
+          await blocker;
+        }
       });
 
       it("keeps rows of a failed flush for retry and drops the oldest beyond 2 x historyMaxBuffered", async () => {
