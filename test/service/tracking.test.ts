@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import v8 from "node:v8";
 import vm from "node:vm";
-import { create } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, createContextValues, createHandlerContext, type Client, type HandlerContext } from "@connectrpc/connect";
 import { ActorRole } from "../../gen/dabba/common/v1/common_pb.js";
@@ -37,7 +37,7 @@ interface Watcher {
   cancel(): Promise<void>;
 }
 
-function watch(client: Client<typeof TrackingService>, req: Partial<TrackOrderRequest>): Watcher {
+function watch(client: Client<typeof TrackingService>, req: MessageInitShape<typeof TrackOrderRequestSchema>): Watcher {
   const abort = new AbortController();
   const w: Watcher = {
     msgs: [],
@@ -316,7 +316,7 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       const orderId = await placeOrder(customerId);
       await readyWithDriver(orderId, driverId);
       // Cancels after the first message (the grpc-js test transport does not cancel the call on a bare break).
-      const first = async (client: Client<typeof TrackingService>, req: Partial<TrackOrderRequest>): Promise<TrackOrderResponse> => {
+      const first = async (client: Client<typeof TrackingService>, req: MessageInitShape<typeof TrackOrderRequestSchema>): Promise<TrackOrderResponse> => {
         const abort = new AbortController();
         try {
           for await (const m of client.trackOrder(req, { signal: abort.signal })) {
@@ -328,7 +328,7 @@ for (const backend of ["embedded", "real"] as Backend[]) {
         }
         throw new Error("stream ended without a message");
       };
-      const code = async (client: Client<typeof TrackingService>, req: Partial<TrackOrderRequest>) => {
+      const code = async (client: Client<typeof TrackingService>, req: MessageInitShape<typeof TrackOrderRequestSchema>) => {
         try {
           await first(client, req);
           return { code: "OK", message: "" };
