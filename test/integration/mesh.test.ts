@@ -125,14 +125,19 @@ for (const backend of ["embedded", "real"] as Backend[]) {
           })(),
           (e: ConnectError) => e.code === Code.Unimplemented,
         );
-        if (kind === "grpc-js" || kind === "connect-grpc") {
-          const location = await t.client(LocationService, kind, "driver", "d1");
+      });
+
+      if (kind === "grpc-js" || kind === "connect-grpc") {
+        it(`carries a client stream and answers with its summary (${kind})`, async () => {
+          const location = await t.client(LocationService, kind, "driver", `d-${uniqueId()}`);
           async function* pings() {
             yield { pings: [{ location: NEARBY, accuracyM: 5 }] };
           }
-          await assert.rejects(location.reportLocations(pings()), (e: ConnectError) => e.code === Code.Unimplemented);
-        }
-      });
+          const summary = await location.reportLocations(pings());
+          assert.equal(summary.accepted, 0n);
+          assert.deepEqual({ ...summary.rejectedByReason }, { missing_field: 1n });
+        });
+      }
 
       it(`refuses calls without a token (${kind})`, async () => {
         const { createClient } = await import("@connectrpc/connect");

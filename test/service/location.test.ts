@@ -441,6 +441,7 @@ for (const backend of ["embedded", "real"] as const) {
           await expectCode(ops.findNearbyDrivers({ city: "bengaluru", location: centre, radiusKm: 50.5 }), Code.InvalidArgument, /radius_km/);
           await expectCode(ops.findNearbyDrivers({ city: "bengaluru", location: centre, radiusKm: -1 }), Code.InvalidArgument, /radius_km/);
           await expectCode(ops.findNearbyDrivers({ city: "bengaluru", location: centre, limit: -1 }), Code.InvalidArgument, /limit/);
+          await expectCode(ops.findNearbyDrivers({ city: "bengaluru", location: centre, limit: 201 }), Code.InvalidArgument, /limit/);
           for (const role of ["driver", "customer", "restaurant"] as Role[]) {
             await expectCode((await env.client(kind, role, "x")).findNearbyDrivers({ city: "bengaluru", location: centre }), Code.PermissionDenied);
           }

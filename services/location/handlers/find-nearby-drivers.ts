@@ -18,8 +18,8 @@ export interface FindNearbyDriversDeps {
 export const NEARBY_LIMITS = Object.freeze({
   defaultRadiusKm: 5,
   maxRadiusKm: 50,
-  defaultLimit: 50,
-  maxLimit: 500,
+  defaultLimit: 20,
+  maxLimit: 200,
 });
 
 /** Rounds of widening the geo search when expired drivers were filtered out of a full page. */
@@ -42,8 +42,8 @@ export function findNearbyDrivers(deps: FindNearbyDriversDeps) {
     if (!(loc.lng >= -180 && loc.lng <= 180)) throw invalid("location.lng", "must be a finite number from -180 to 180");
     const radiusKm = req.radiusKm === 0 ? NEARBY_LIMITS.defaultRadiusKm : req.radiusKm;
     if (!(radiusKm > 0 && radiusKm <= NEARBY_LIMITS.maxRadiusKm)) throw invalid("radius_km", `must be more than 0 and at most ${NEARBY_LIMITS.maxRadiusKm}`);
-    if (req.limit < 0) throw invalid("limit", "must not be negative");
-    const limit = req.limit === 0 ? NEARBY_LIMITS.defaultLimit : Math.min(req.limit, NEARBY_LIMITS.maxLimit);
+    if (req.limit < 0 || req.limit > NEARBY_LIMITS.maxLimit) throw invalid("limit", `must be from 0 (meaning ${NEARBY_LIMITS.defaultLimit}) to ${NEARBY_LIMITS.maxLimit}`);
+    const limit = req.limit === 0 ? NEARBY_LIMITS.defaultLimit : req.limit;
 
     const key = cityGeoKey(city.name);
     const drivers: DriverPosition[] = [];
