@@ -1,14 +1,20 @@
 import assert from "node:assert/strict";
-import { create } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { createContextValues, createHandlerContext, type Client } from "@connectrpc/connect";
 import fc from "fast-check";
 import { ActorRole } from "../../gen/dabba/common/v1/common_pb.js";
 import { EventSchema } from "../../gen/dabba/events/v1/events_pb.js";
 import { DriverPositionSchema } from "../../gen/dabba/location/v1/location_pb.js";
-import { OrderStatus, TimelineKind } from "../../gen/dabba/order/v1/order_pb.js";
+import { OrderSchema, OrderStatus, TimelineEntrySchema, TimelineKind, type Order } from "../../gen/dabba/order/v1/order_pb.js";
+import type { OrderService } from "../../gen/dabba/order/v1/order_service_pb.js";
+import { TrackingService, TrackOrderRequestSchema } from "../../gen/dabba/tracking/v1/tracking_service_pb.js";
+import { principalKey } from "../../services/platform/auth.js";
+import { defaultTrackingConfig, type TrackingConfig } from "../../services/platform/config.js";
+import { createLogger } from "../../services/platform/logger.js";
 import { openRedis, type Channels } from "../../services/platform/redis.js";
 import { encodeEvent, encodePosition, trackingChannel, type TrackingSignal } from "../../services/tracking/channel.js";
-import { parseLastEventId, timelineEntryOf } from "../../services/tracking/handlers/track-order.js";
+import { parseLastEventId, timelineEntryOf, trackOrder } from "../../services/tracking/handlers/track-order.js";
 import { createTrackingHub } from "../../services/tracking/hub.js";
 
 /** Which subscribe / unsubscribe calls are waiting for the test to let them finish. */
@@ -357,5 +363,126 @@ describe("TrackOrder event mapping", () => {
     assert.deepEqual([ready?.kind, ready?.status, ready?.driverId], [TimelineKind.STATUS, OrderStatus.READY_FOR_PICKUP, ""]);
     assert.equal(timelineEntryOf(create(EventSchema, { ...base, payload: { case: "etaChanged", value: {} } })), undefined);
     assert.equal(timelineEntryOf(create(EventSchema, { ...base, payload: { case: "payment", value: {} } })), undefined);
+  });
+});
+
+describe("TrackOrder handler (fake order service)", () => {
+  const orderId = "ord-unit";
+  const at = (ms: number) => timestampFromMs(1_700_000_000_000 + ms);
+  const entry = (seq: number, status: OrderStatus, kind = TimelineKind.STATUS, driverId = "") =>
+    create(TimelineEntrySchema, { kind, status, driverId, sequence: BigInt(seq), at: at(seq), actor: { role: ActorRole.RESTAURANT, id: "r1" } });
+  const event = (seq: number, payload: MessageInitShape<typeof EventSchema>["payload"], order: { status: OrderStatus; driverId?: string }) =>
+    encodeEvent(create(EventSchema, { eventId: `${orderId}-${seq}`, orderId, sequence: BigInt(seq), occurredAt: at(seq), actor: { role: ActorRole.RESTAURANT, id: "r1" }, order, payload }));
+
+  async function setup(tracking: Partial<TrackingConfig> = {}) {
+    const redis = await openRedis({});
+    const hub = createTrackingHub({ channels: redis.channels });
+    let order = create(OrderSchema, { id: orderId, customerId: "c1", restaurantId: "r1", status: OrderStatus.PLACED, timeline: [entry(1, OrderStatus.PLACED)] });
+    let loads = 0;
+    const orders = {
+      async getOrder() {
+        loads++;
+        return { order };
+      },
+    } as unknown as Client<typeof OrderService>;
+    const handler = trackOrder({
+      tracking: { ...defaultTrackingConfig, ...tracking },
+      redis,
+      logger: createLogger("silent"),
+      hub,
+      orders: () => orders,
+    });
+    const ctx = createHandlerContext({
+      service: TrackingService,
+      method: TrackingService.method.trackOrder,
+      protocolName: "test",
+      requestMethod: "POST",
+      url: "/",
+      contextValues: createContextValues().set(principalKey, { role: "customer", sub: "c1" }),
+    });
+    const open = (lastEventId = "") => handler(create(TrackOrderRequestSchema, { orderId, lastEventId }), ctx)[Symbol.asyncIterator]();
+    return {
+      redis,
+      hub,
+      ctx,
+      open,
+      setOrder: (o: Partial<Order>) => (order = create(OrderSchema, { ...order, ...o })),
+      loads: () => loads,
+      publish: (data: Uint8Array) => redis.channels.publish(trackingChannel(orderId), data),
+      async close() {
+        ctx.abort();
+        await hub.close();
+        await redis.close();
+      },
+    };
+  }
+
+  it("fills a gap in the channel's sequence from the order's timeline", async () => {
+    const s = await setup();
+    try {
+      const it = s.open();
+      assert.equal((await it.next()).value?.update?.case, "snapshot");
+      assert.equal(s.loads(), 1);
+      // Event 2 was lost on the channel (published while this process was reconnecting); 3 arrives.
+      s.setOrder({ status: OrderStatus.PREPARING, timeline: [entry(1, OrderStatus.PLACED), entry(2, OrderStatus.CONFIRMED), entry(3, OrderStatus.PREPARING)] });
+      await s.publish(event(3, { case: "preparing", value: {} }, { status: OrderStatus.PREPARING }));
+      const a = (await it.next()).value!;
+      const b = (await it.next()).value!;
+      assert.deepEqual([a.eventId, b.eventId], [`${orderId}-2`, `${orderId}-3`]);
+      assert.equal(a.update?.case === "status" && a.update.value.status, OrderStatus.CONFIRMED);
+      assert.equal(s.loads(), 2, "one reload for the gap");
+      // A duplicate of an event already sent is skipped; the next one is sent without a reload.
+      await s.publish(event(2, { case: "confirmed", value: {} }, { status: OrderStatus.CONFIRMED }));
+      await s.publish(event(4, { case: "ready", value: {} }, { status: OrderStatus.READY_FOR_PICKUP }));
+      const c = (await it.next()).value!;
+      assert.equal(c.eventId, `${orderId}-4`);
+      assert.equal(s.loads(), 2);
+      await it.return?.(undefined);
+      assert.equal(s.hub.watcherCount(), 0);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it("keeps only the newest position while the interval runs and sends it when the interval allows", async () => {
+    const s = await setup({ positionIntervalMs: 60_000, heartbeatMs: 600_000 });
+    try {
+      s.setOrder({ status: OrderStatus.READY_FOR_PICKUP, driverId: "d1", timeline: [entry(1, OrderStatus.PLACED), entry(2, OrderStatus.READY_FOR_PICKUP, TimelineKind.DRIVER_ASSIGNED, "d1")] });
+      const it = s.open();
+      assert.equal((await it.next()).value?.update?.case, "snapshot");
+      await s.publish(position("d1", 1000));
+      const first = (await it.next()).value!;
+      assert.equal(first.eventId, "pos-1000");
+      // Within the (long) interval: nothing goes out, only the newest is kept.
+      let next = it.next();
+      for (const t of [3000, 2000, 5000, 4000]) await s.publish(position("d1", t));
+      await s.publish(position("d2", 9000));
+      const raced = await Promise.race([next, new Promise((r) => setTimeout(() => r("waiting"), 100))]);
+      assert.equal(raced, "waiting", "no second position within the interval");
+      // A status event is never held back by the position interval, and the position stays pending.
+      await s.publish(event(3, { case: "pickedUp", value: { driverId: "d1" } }, { status: OrderStatus.PICKED_UP, driverId: "d1" }));
+      const st = (await next).value!;
+      assert.equal(st.eventId, `${orderId}-3`);
+      await it.return?.(undefined);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it("sends the pending newest position as soon as the interval has passed", async () => {
+    const s = await setup({ positionIntervalMs: 200, heartbeatMs: 600_000 });
+    try {
+      s.setOrder({ status: OrderStatus.READY_FOR_PICKUP, driverId: "d1", timeline: [entry(1, OrderStatus.PLACED)] });
+      const it = s.open();
+      await it.next();
+      await s.publish(position("d1", 1000));
+      assert.equal((await it.next()).value!.eventId, "pos-1000");
+      for (const t of [3000, 2000, 5000, 4000]) await s.publish(position("d1", t));
+      await s.publish(position("d2", 9000));
+      assert.equal((await it.next()).value!.eventId, "pos-5000", "the newest of the driver's, none of another driver");
+      await it.return?.(undefined);
+    } finally {
+      await s.close();
+    }
   });
 });
