@@ -7,12 +7,13 @@ import { Code, ConnectError, createClient, createContextValues, createHandlerCon
 import { ActorRole } from "../../gen/dabba/common/v1/common_pb.js";
 import { EventSchema } from "../../gen/dabba/events/v1/events_pb.js";
 import { DriverPositionSchema } from "../../gen/dabba/location/v1/location_pb.js";
+import { LocationService, type ReportLocationsRequestSchema } from "../../gen/dabba/location/v1/location_service_pb.js";
 import { OrderStatus, TimelineKind, type TimelineEntry } from "../../gen/dabba/order/v1/order_pb.js";
 import { OrderService } from "../../gen/dabba/order/v1/order_service_pb.js";
 import { TrackingService, TrackOrderRequestSchema, type TrackOrderRequest, type TrackOrderResponse } from "../../gen/dabba/tracking/v1/tracking_service_pb.js";
 import { driverFixKey, driverProfileKey } from "../../services/location/keys.js";
 import { bearer, principalKey } from "../../services/platform/auth.js";
-import { defaultTrackingConfig } from "../../services/platform/config.js";
+import { defaultLocationConfig, defaultTrackingConfig } from "../../services/platform/config.js";
 import { createLocalTransport } from "../../services/platform/local-transport.js";
 import { encodeEvent, encodePosition, trackingChannel } from "../../services/tracking/channel.js";
 import { MAX_QUEUED_EVENTS } from "../../services/tracking/handlers/track-order.js";
@@ -20,7 +21,10 @@ import type { TrackingServiceModule } from "../../services/tracking/index.js";
 import { uniqueId } from "../helpers/backends.js";
 import { NEARBY } from "../helpers/fixtures.js";
 import { startTestMesh, type Backend, type ClientKind, type TestMesh } from "../helpers/mesh.js";
-import { until } from "../helpers/wait.js";
+import { offsetMetres, pushStream } from "../helpers/push-stream.js";
+import { sleep, until } from "../helpers/wait.js";
+
+type ReportMsg = MessageInitShape<typeof ReportLocationsRequestSchema>;
 
 const POSITION_INTERVAL_MS = 150;
 const HEARTBEAT_MS = 400;
@@ -540,6 +544,80 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       gc();
       const growth = process.memoryUsage().heapUsed - heapBefore;
       assert.ok(growth < 8 * 1024 * 1024, `heap grew by ${(growth / 1048576).toFixed(1)} MiB over 10,000 cycles`);
+    });
+  });
+}
+
+for (const backend of ["embedded", "real"] as Backend[]) {
+  describe(`TrackOrder fed by LocationService.ReportLocations (${backend} storage)`, function () {
+    this.timeout(60_000);
+    let t: TestMesh;
+    before(async () => {
+      t = await startTestMesh(backend, {
+        services: ["catalog", "order", "location", "tracking"],
+        location: { ...defaultLocationConfig, maxPingsPerSecond: 50 },
+        tracking: { ...defaultTrackingConfig, positionIntervalMs: POSITION_INTERVAL_MS, heartbeatMs: HEARTBEAT_MS },
+      });
+    });
+    after(async () => t?.close());
+
+    it("shows the assigned driver's streamed pings, throttled and in order, and none of another driver", async () => {
+      const customerId = `cust-${uniqueId()}`;
+      const driverId = `drv-${uniqueId()}`;
+      const strangerId = `drv-${uniqueId()}`;
+      const orders = await t.client(OrderService, "connect-grpc", "customer", customerId);
+      const kitchen = await t.client(OrderService, "connect-grpc", "restaurant", "staff", t.restaurantId);
+      const ops = await t.client(OrderService, "connect-grpc", "ops", "op-1");
+      const placed = await orders.placeOrder(
+        { restaurantId: t.restaurantId, lines: [{ itemId: `${t.restaurantId}-dosa`, quantity: 1 }], delivery: { location: NEARBY, addressLine: "12 Church Street" } },
+        { headers: { "idempotency-key": `k-${uniqueId()}` } },
+      );
+      const orderId = placed.order!.id;
+      await kitchen.acceptOrder({ orderId });
+      await ops.assignDriver({ orderId, driverId });
+
+      const w = watch(await t.client(TrackingService, "grpc-js", "customer", customerId), { orderId });
+      await until(() => w.msgs.length > 0, 10_000, "snapshot");
+
+      // Two phones 400 m apart, one fix each per 50 ms, device time = now; only one carries the order.
+      const start = { lat: 12.9716, lng: 77.5946 };
+      const phones = [driverId, strangerId].map((id, i) => ({ id, pings: pushStream<ReportMsg>(), origin: offsetMetres(start, 0, i * 400) }));
+      const clients = await Promise.all(phones.map((p) => t.client(LocationService, "connect-grpc", "driver", p.id)));
+      const summaries = phones.map((p, i) => clients[i]!.reportLocations(p.pings));
+      let seq = 0n;
+      let stop = false;
+      const sent = new Map<number, { lat: number; lng: number }>();
+      const pinging = (async () => {
+        while (!stop) {
+          seq++;
+          const atMs = Date.now();
+          for (const p of phones) {
+            const loc = offsetMetres(p.origin, Number(seq) * 0.5, 0);
+            if (p.id === driverId) sent.set(atMs, loc);
+            p.pings.push({ pings: [{ location: loc, accuracyM: 5, speedMps: 10, headingDeg: 0, deviceTime: timestampFromMs(atMs), sequence: seq }] });
+          }
+          await sleep(50);
+        }
+      })();
+      try {
+        await until(() => positions(w).length >= 5, 20_000, "five positions from the driver's pings");
+      } finally {
+        stop = true;
+        await pinging;
+        for (const p of phones) p.pings.end();
+      }
+      const got = positions(w);
+      for (let i = 0; i < got.length; i++) {
+        const ping = sent.get(got[i]!.at);
+        assert.ok(ping, `position ${i} is one of the assigned driver's pings`);
+        assert.ok(Math.abs(got[i]!.loc.location!.lat - ping.lat) < 1e-6 && Math.abs(got[i]!.loc.location!.lng - ping.lng) < 1e-6);
+        if (i > 0) assert.ok(got[i]!.at > got[i - 1]!.at, "newer each time");
+      }
+      // 50 ms pings against a 150 ms interval: far fewer positions than pings reached the stream.
+      assert.ok(got.length < sent.size, `${got.length} positions for ${sent.size} pings`);
+      await w.cancel();
+      const [mine] = await Promise.all(summaries);
+      assert.ok(mine!.accepted > 0n);
     });
   });
 }
