@@ -444,6 +444,28 @@ describe("TrackOrder handler (fake order service)", () => {
     }
   });
 
+  it("ends with the final status found in a gap, applying the assignment it holds", async () => {
+    const s = await setup({ positionIntervalMs: 0 });
+    try {
+      const it = s.open();
+      await it.next();
+      s.setOrder({
+        status: OrderStatus.CANCELLED,
+        timeline: [entry(1, OrderStatus.PLACED), entry(2, OrderStatus.PLACED, TimelineKind.DRIVER_ASSIGNED, "d9"), entry(3, OrderStatus.CANCELLED)],
+      });
+      // Only a late ETA event arrives (sequence 4): 2 and 3 were lost; 3 ends the stream.
+      await s.publish(encodeEvent(create(EventSchema, { eventId: `${orderId}-4`, orderId, sequence: 4n, payload: { case: "etaChanged", value: { eta: { minMinutes: 1, maxMinutes: 2 } } } })));
+      const got: [string, boolean][] = [];
+      for (let r = await it.next(); !r.done; r = await it.next()) got.push([r.value.eventId ?? "", r.value.final ?? false]);
+      assert.deepEqual(got, [
+        [`${orderId}-2`, false],
+        [`${orderId}-3`, true],
+      ]);
+    } finally {
+      await s.close();
+    }
+  });
+
   it("keeps only the newest position while the interval runs and sends it when the interval allows", async () => {
     const s = await setup({ positionIntervalMs: 60_000, heartbeatMs: 600_000 });
     try {

@@ -167,7 +167,13 @@ export function trackOrder(deps: TrackOrderDeps) {
     signal.addEventListener("abort", wake, { once: true });
     let timer: NodeJS.Timeout | undefined;
     try {
-      await watch.ready;
+      try {
+        await untilAborted(watch.ready, signal);
+      } catch (err) {
+        if (signal.aborted) throw new ConnectError("stream cancelled", Code.Canceled);
+        deps.logger.warn({ err, orderId }, "tracking channel subscribe failed");
+        throw new UnavailableError("tracking is unavailable; retry");
+      }
       let order = await loadOrder(deps, orderId, signal);
       if (!maySee(principal, order)) throw new NotFoundError(NOT_FOUND);
 
@@ -179,7 +185,13 @@ export function trackOrder(deps: TrackOrderDeps) {
       let lastPosWall = -Infinity;
 
       if (resumeAfter === undefined) {
-        const snapshot = await buildSnapshot(deps, order, terminal);
+        let snapshot: Awaited<ReturnType<typeof buildSnapshot>>;
+        try {
+          snapshot = await buildSnapshot(deps, order, terminal);
+        } catch (err) {
+          deps.logger.warn({ err, orderId }, "reading the driver's profile and last fix failed");
+          throw new UnavailableError("tracking is unavailable; retry");
+        }
         if (snapshot.positionAt > sentPosAt) sentPosAt = snapshot.positionAt;
         loaded = true;
         yield { eventId: `${orderId}-${lastSeq}`, update: { case: "snapshot", value: snapshot.value }, final: terminal };
@@ -213,15 +225,19 @@ export function trackOrder(deps: TrackOrderDeps) {
             // are lost on the channel; the order's timeline has them.
             order = await loadOrder(deps, orderId, signal);
             for (const e of order.timeline) {
-              if (e.sequence > lastSeq && e.sequence < seq) {
-                out.push(statusMsg(orderId, e, false));
-                lastSeq = e.sequence;
-              }
+              if (e.sequence <= lastSeq || e.sequence >= seq || terminal) continue;
+              lastSeq = e.sequence;
+              if (e.kind === TimelineKind.DRIVER_ASSIGNED) driver = e.driverId;
+              else if (e.kind === TimelineKind.DRIVER_UNASSIGNED) driver = "";
+              terminal = isTerminal(e.status);
+              out.push(statusMsg(orderId, e, terminal));
             }
           }
           if (seq > lastSeq) lastSeq = seq;
           const p = ev.payload;
-          if (p.case === "etaChanged") {
+          if (terminal) {
+            // The gap held the end of the order: out already ends with the final status.
+          } else if (p.case === "etaChanged") {
             if (p.value.eta) out.push({ eventId: ev.eventId, update: { case: "eta", value: p.value.eta } });
           } else {
             const entry = timelineEntryOf(ev);
@@ -282,6 +298,28 @@ export function trackOrder(deps: TrackOrderDeps) {
       watch.leave();
     }
   };
+}
+
+/** The promise, or a rejection as soon as the signal aborts (the promise keeps running; its outcome is ignored). */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    promise.catch(() => {});
+    return Promise.reject(signal.reason);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (v) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(e);
+      },
+    );
+  });
 }
 
 /** Whether the caller may watch the order: its customer, its restaurant, ops, services. */
