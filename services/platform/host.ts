@@ -335,30 +335,46 @@ export function drainInterceptor(tracker: CallTracker): Interceptor {
   };
 }
 
-/** The request stream of a call, rejecting the pending read when signal aborts. */
+/**
+ * The request stream of a call, rejecting the pending read when signal aborts. One abort
+ * listener per stream, not per message: client streams carry thousands of messages.
+ */
 function abortable<T>(iterable: AsyncIterable<T>, signal: AbortSignal): AsyncIterable<T> {
   return {
     [Symbol.asyncIterator]() {
       const it = iterable[Symbol.asyncIterator]();
+      let pending: ((err: unknown) => void) | undefined;
+      const onAbort = () => {
+        const reject = pending;
+        pending = undefined;
+        reject?.(ConnectError.from(signal.reason));
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      const release = () => signal.removeEventListener("abort", onAbort);
       return {
         next() {
-          if (signal.aborted) return Promise.reject(ConnectError.from(signal.reason));
+          if (signal.aborted) {
+            release();
+            return Promise.reject(ConnectError.from(signal.reason));
+          }
           return new Promise<IteratorResult<T>>((resolve, reject) => {
-            const onAbort = () => reject(ConnectError.from(signal.reason));
-            signal.addEventListener("abort", onAbort, { once: true });
+            pending = reject;
             it.next().then(
               (r) => {
-                signal.removeEventListener("abort", onAbort);
+                pending = undefined;
+                if (r.done) release();
                 resolve(r);
               },
               (e: unknown) => {
-                signal.removeEventListener("abort", onAbort);
+                pending = undefined;
+                release();
                 reject(e);
               },
             );
           });
         },
         async return() {
+          release();
           // Do not await: the underlying read may be blocked on a peer that sends nothing.
           void it.return?.()?.catch(() => {});
           return { value: undefined, done: true };
