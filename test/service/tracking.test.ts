@@ -621,3 +621,38 @@ for (const backend of ["embedded", "real"] as Backend[]) {
     });
   });
 }
+
+describe("TrackOrder when the host drains", function () {
+  this.timeout(60_000);
+
+  it("ends open streams with UNAVAILABLE (reconnect with last_event_id) and leaves the hub empty", async () => {
+    const t = await startTestMesh("embedded", { services: ["catalog", "order", "tracking"], shutdownGraceMs: 5000 });
+    let stopped = false;
+    try {
+      const tracking = t.mesh.modules.get("tracking") as TrackingServiceModule;
+      const customerId = `cust-${uniqueId()}`;
+      const orders = await t.client(OrderService, "connect-grpc", "customer", customerId);
+      const placed = await orders.placeOrder(
+        { restaurantId: t.restaurantId, lines: [{ itemId: `${t.restaurantId}-dosa`, quantity: 1 }], delivery: { location: NEARBY, addressLine: "1 Test Road" } },
+        { headers: { "idempotency-key": `k-${uniqueId()}` } },
+      );
+      const ws = await Promise.all(
+        (["connect-grpc", "grpc-js", "connect"] as ClientKind[]).map(async (kind) => watch(await t.client(TrackingService, kind, "customer", customerId), { orderId: placed.order!.id })),
+      );
+      await until(() => ws.every((w) => w.msgs.length > 0), 10_000, "snapshots");
+      const stopping = t.mesh.stop();
+      await Promise.all(ws.map((w) => w.done));
+      for (const w of ws) {
+        assert.equal(w.error?.code, Code.Unavailable);
+        assert.match(w.error!.rawMessage, /last_event_id/);
+      }
+      await stopping;
+      stopped = true;
+      assert.equal(tracking.hub.watcherCount(), 0);
+      assert.equal(tracking.hub.orderCount(), 0);
+    } finally {
+      if (!stopped) await t.mesh.stop().catch(() => {});
+      await t.close();
+    }
+  });
+});

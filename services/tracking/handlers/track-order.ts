@@ -292,6 +292,12 @@ export function trackOrder(deps: TrackOrderDeps) {
         clearTimeout(timer);
         timer = undefined;
       }
+      // The host is draining (its reason is UNAVAILABLE): tell the client to come back rather
+      // than ending as if the order were done. A cancelled client is gone and sees nothing.
+      const reason: unknown = signal.reason;
+      if (reason instanceof ConnectError && reason.code === Code.Unavailable) {
+        throw new ConnectError(`${reason.rawMessage}; reconnect with last_event_id`, Code.Unavailable);
+      }
     } finally {
       clearTimeout(timer);
       signal.removeEventListener("abort", wake);
