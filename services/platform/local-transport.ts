@@ -167,11 +167,20 @@ export function createLocalTransport(opts: LocalTransportOptions): Transport {
           }
           let pending: IteratorResult<unknown> | undefined = head;
           let ended = false;
+          // A caller that stopped reading and then aborts (or whose deadline passes) has no read
+          // pending to notice it: end the call here too, as a network transport's RST_STREAM would.
+          const onCallerAbort = () => {
+            end();
+            void it.return?.()?.catch(() => {});
+          };
           const end = () => {
             if (ended) return;
             ended = true;
+            req.signal.removeEventListener("abort", onCallerAbort);
             completed();
           };
+          if (req.signal.aborted) onCallerAbort();
+          else req.signal.addEventListener("abort", onCallerAbort, { once: true });
           const messages: AsyncIterable<unknown> = {
             [Symbol.asyncIterator]: () => ({
               async next(): Promise<IteratorResult<unknown>> {

@@ -270,6 +270,26 @@ describe("createLocalTransport", function () {
     assert.equal(dl.code, Code.DeadlineExceeded);
   });
 
+  it("ends a server stream's handler when the caller stops reading and aborts later", async () => {
+    let finished: (() => void) | undefined;
+    const ended = new Promise<void>((r) => (finished = r));
+    const t = transportFor({
+      async *watchRestaurantOrders(_req, ctx) {
+        try {
+          yield { orders: [{ id: "first" }] };
+          await untilAborted(ctx.signal);
+        } finally {
+          finished!();
+        }
+      },
+    });
+    const client = createClient(OrderService, t);
+    const ac = new AbortController();
+    for await (const _ of client.watchRestaurantOrders({ restaurantId: "r" }, { signal: ac.signal })) break;
+    ac.abort();
+    await ended;
+  });
+
   it("hands the handler the caller's request message without copying (the documented contract)", async () => {
     let received: unknown;
     const t = transportFor({

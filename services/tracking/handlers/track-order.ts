@@ -271,7 +271,8 @@ export function trackOrder(deps: TrackOrderDeps) {
             sentPosAt = pendingAt;
             lastPosWall = now;
             yield {
-              eventId: `pos-${sentPosAt}`,
+              // Positions are not resumable (the proto leaves their event_id empty): a reconnect gets the newest one anyway.
+              eventId: "",
               update: { case: "location", value: { location: pos.location, headingDeg: pos.headingDeg, at: pos.at } },
             };
             lastSentWall = performance.now();
