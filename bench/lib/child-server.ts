@@ -14,6 +14,9 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { Redis } from "ioredis";
 
+/** The node flags of `npm start` (package.json), so the benchmarked server runs as deployed. */
+const START_NODE_FLAGS = ["--max-semi-space-size=64"];
+
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 
 export function freePort(): Promise<number> {
@@ -97,7 +100,7 @@ export async function startChildServer(opts: { env: Record<string, string>; log:
   };
   // BENCH_SERVER_CPU_PROF=<dir>: a V8 CPU profile of the server, written when it exits.
   const prof = process.env.BENCH_SERVER_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_SERVER_CPU_PROF}`] : [];
-  const child: ChildProcess = spawn(process.execPath, [...prof, "--import", "tsx", "services/main.ts"], { cwd: repoRoot, env, stdio: ["ignore", "pipe", "pipe"] });
+  const child: ChildProcess = spawn(process.execPath, [...prof, ...START_NODE_FLAGS, "--import", "tsx", "services/main.ts"], { cwd: repoRoot, env, stdio: ["ignore", "pipe", "pipe"] });
   const pid = child.pid!;
   let maxRss = 0;
   const sampler = setInterval(() => {
