@@ -122,8 +122,9 @@ export interface RedisPorts {
   geo: GeoIndex;
   kv: Kv;
   /**
-   * Sends the writes in order in one round trip (a pipeline: not atomic). Resolves when Redis
-   * has answered all of them; rejects when any failed (earlier ones may have been applied).
+   * Sends the writes in order in one round trip (on Redis one script call, so no other client's
+   * command runs in between). Resolves when all are applied; rejects when one failed (the ones
+   * before it stay applied: there is no rollback).
    * While Redis is unreachable the returned promise waits (bounded by the caller's own
    * backpressure) or rejects; it never buffers without bound behind the caller's back.
    */

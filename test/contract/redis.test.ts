@@ -358,6 +358,23 @@ for (const impl of ["memory", "redis"] as const) {
         await assert.rejects(r.hgetallMany(["b:fix:b", "b:str"]), /WRONGTYPE/);
       });
 
+      it("writes a large batch whole (thousands of members and keys in one call)", async () => {
+        const n = 5000;
+        const items = Array.from({ length: n }, (_, i) => ({ member: `m${i}`, lng: 77.5 + (i % 100) * 1e-3, lat: 12.9 + Math.floor(i / 100) * 1e-3 }));
+        const fields = Object.fromEntries(Array.from({ length: 1500 }, (_, i) => [`f${i}`, String(i)]));
+        await r.batch([
+          { op: "geoadd", key: "b:big", items },
+          ...items.slice(0, 2000).map((it) => ({ op: "hset" as const, key: `b:big:${it.member}`, fields: { seq: it.member }, ttlMs: 60_000 })),
+          { op: "hset", key: "b:wide", fields, ttlMs: 60_000 },
+          { op: "georemove", key: "b:big", members: items.slice(0, 1500).map((it) => it.member) },
+        ]);
+        const hits = await r.geo.search("b:big", { lng: 77.55, lat: 12.925, radiusKm: 50, count: 10_000 });
+        assert.equal(hits.length, n - 1500);
+        const some = await r.hgetallMany(["b:big:m0", "b:big:m1999", "b:big:m2000"]);
+        assert.deepEqual(some, [{ seq: "m0" }, { seq: "m1999" }, {}]);
+        assert.equal(Object.keys(await r.kv.hgetall("b:wide")).length, 1500);
+      });
+
       it("keeps concurrent batches' writes whole and in call order per key", async () => {
         await Promise.all(
           Array.from({ length: 50 }, (_, i) =>
