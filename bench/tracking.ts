@@ -20,7 +20,11 @@
  * that driver and device time (both as absolute time in ms on this machine). The tracking
  * stream sends at most one position per second per order (newest wins), so a ping that arrives
  * just before the interval ends waits for it: that wait is part of what a customer sees.
- * rss_mb: the server's largest VmRSS over the whole run (setup included).
+ * rss_mb: the server's largest VmRSS over the whole run (setup included). Also printed: the
+ * server's memory (RSS and V8 heap) after setup, with the streams open, and at the end of the
+ * driver phase (BENCH_SERVER_HEAP_GC=1 collects garbage first, so the heap figures are live
+ * objects; it pauses the server, between phases only), and the CPU of all three processes over
+ * the driver phase (server, drivers, and this process: the watchers' side).
  */
 import { fork, type ChildProcess } from "node:child_process";
 import { setMaxListeners } from "node:events";
@@ -40,7 +44,7 @@ import { createLogger } from "../services/platform/logger.js";
 import { uniqueId } from "../test/helpers/backends.js";
 import { fixtureRestaurant } from "../test/helpers/fixtures.js";
 import { createRunDatabase } from "../test/helpers/run-database.js";
-import { emptyRedisDb, percentile, startChildServer } from "./lib/child-server.js";
+import { emptyRedisDb, formatHeap, percentile, startChildServer, type HeapStats } from "./lib/child-server.js";
 
 const CHILD_ROLE = "DABBA_BENCH_TRACKING_DRIVERS";
 const WARM_MS = Number(process.env.BENCH_WARM_SECONDS ?? 5) * 1000;
@@ -150,6 +154,8 @@ export async function run(): Promise<void> {
     );
     bar.stop();
     log(`set up ${N} orders (place, accept, assign) in ${r1((performance.now() - setupStarted) / 1000)} s; server rss ${r1(server.maxRssMb())} MiB`);
+    const heapSetup = await server.heapStats();
+    log(`server memory after setup: ${formatHeap(heapSetup)}`);
 
     // Watchers: one TrackOrder stream per order, its customer's token.
     const trackers = transports.map((t) => createClient(TrackingService, t));
@@ -183,6 +189,11 @@ export async function run(): Promise<void> {
     }
     if (watchFailures.length > 0) throw new Error(`${watchFailures.length} TrackOrder streams failed, e.g. ${watchFailures[0]}`);
     log(`${N} TrackOrder streams open (all snapshots in ${r1((performance.now() - watchStarted) / 1000)} s); server rss ${r1(server.maxRssMb())} MiB`);
+    await sleep(1000);
+    const heapOpen = await server.heapStats();
+    log(`server memory with the streams open: ${formatHeap(heapOpen)}`);
+    const perStream = (a: HeapStats | undefined, b: HeapStats | undefined, k: "rss" | "heapUsed") => (a && b ? Math.round(((b[k] - a[k]) * 1024) / N) : undefined);
+    log(`per open stream: rss ${perStream(heapSetup, heapOpen, "rss")} KiB, V8 heap ${perStream(heapSetup, heapOpen, "heapUsed")} KiB`);
 
     // Drivers: a forked process pinging once a second per driver.
     child = fork(fileURLToPath(import.meta.url), [], { execArgv: ["--import", "tsx"], env: { ...process.env, [CHILD_ROLE]: "1" }, stdio: ["ignore", "inherit", "inherit", "ipc"] });
@@ -214,11 +225,16 @@ export async function run(): Promise<void> {
       lastSent = childSent;
     }, 1000);
     const cpu0 = server.cpuMs();
+    const watcherCpu0 = process.cpuUsage();
     const driverResult = await result;
     const serverCpuMs = server.cpuMs() - cpu0;
+    const watcherCpu = process.cpuUsage(watcherCpu0);
+    const watcherCpuMs = (watcherCpu.user + watcherCpu.system) / 1000;
     // The last pings' positions: give them a moment, then close the watchers.
     await sleep(1500);
     clearInterval(progress);
+    const heapEnd = await server.heapStats();
+    log(`server memory at the end of the driver phase: ${formatHeap(heapEnd)}`);
     abort.abort();
     await Promise.all(watchers);
 
@@ -259,7 +275,7 @@ export async function run(): Promise<void> {
         `latency p50 ${r2(percentile(latencies, 50))} ms, p90 ${r2(percentile(latencies, 90))} ms, p99 ${r2(percentile(latencies, 99))} ms, max ${r2(latencies[latencies.length - 1] ?? 0)} ms`,
     );
     log(
-      `CPU over the driver phase: server ${Math.round(serverCpuMs)} ms, driver process ${Math.round(driverResult.cpuMs)} ms; load average ${loadavg().map((x) => x.toFixed(1)).join(" ")}`,
+      `CPU over the driver phase: server ${Math.round(serverCpuMs)} ms, driver process ${Math.round(driverResult.cpuMs)} ms, watchers (this process) ${Math.round(watcherCpuMs)} ms; load average ${loadavg().map((x) => x.toFixed(1)).join(" ")}`,
     );
     const rss = server.maxRssMb();
     if (!verified) process.exitCode = 1;
@@ -278,6 +294,11 @@ export async function run(): Promise<void> {
         accepted: sums.accepted,
         rejected: sums.rejected,
         verified,
+        server_cpu_ms: Math.round(serverCpuMs),
+        drivers_cpu_ms: Math.round(driverResult.cpuMs),
+        watchers_cpu_ms: Math.round(watcherCpuMs),
+        rss_open_mb: heapOpen?.rss,
+        heap_used_open_mb: heapOpen?.heapUsed,
       }),
     );
   } finally {

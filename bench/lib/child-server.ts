@@ -62,6 +62,43 @@ export function cpuMs(pid: number): number | undefined {
   }
 }
 
+/** The server's memory in MiB: process.memoryUsage() and V8's heap statistics. */
+export interface HeapStats {
+  rss: number;
+  /** V8 heap: reserved, used (live plus garbage not collected yet, unless collected first), the old space's share. */
+  heapTotal: number;
+  heapUsed: number;
+  oldSpaceUsed: number;
+  /** C++ memory bound to JS objects (Buffers, HTTP/2), ArrayBuffers (Buffers included), malloc'd by V8. */
+  external: number;
+  arrayBuffers: number;
+  malloced: number;
+  /** Whether garbage was collected first (BENCH_SERVER_HEAP_GC=1). */
+  collected: boolean;
+}
+
+export function formatHeap(h: HeapStats | undefined): string {
+  if (!h) return "heap: no answer";
+  return `rss ${h.rss}, V8 heap ${h.heapUsed} used${h.collected ? " (live)" : ""} of ${h.heapTotal} (old space ${h.oldSpaceUsed}), external ${h.external} (array buffers ${h.arrayBuffers}), V8 malloc ${h.malloced} MiB`;
+}
+
+const HEAP_LINE = "DABBA_BENCH_HEAP ";
+/**
+ * Preloaded into the server (measurement only): on SIGWINCH it writes one line with its memory
+ * figures to stderr, after a full collection when started with --expose-gc.
+ */
+const HEAP_PROBE =
+  "data:text/javascript," +
+  encodeURIComponent(`import v8 from "node:v8";
+process.on("SIGWINCH", () => {
+  const collected = typeof globalThis.gc === "function";
+  if (collected) globalThis.gc();
+  const m = process.memoryUsage(), h = v8.getHeapStatistics(), mb = (x) => Math.round((x / 1048576) * 10) / 10;
+  const old = v8.getHeapSpaceStatistics().find((s) => s.space_name === "old_space");
+  const out = { rss: mb(m.rss), heapTotal: mb(m.heapTotal), heapUsed: mb(m.heapUsed), oldSpaceUsed: mb(old ? old.space_used_size : 0), external: mb(m.external), arrayBuffers: mb(m.arrayBuffers), malloced: mb(h.malloced_memory), collected };
+  process.stderr.write(${JSON.stringify(HEAP_LINE)} + JSON.stringify(out) + "\\n");
+});`);
+
 export interface ChildServer {
   pid: number;
   /** Native gRPC port (grpc-js). */
@@ -75,6 +112,8 @@ export interface ChildServer {
   cpuMs(): number;
   /** Warnings and errors the server logged (the first few are shown on stderr). */
   warnings(): number;
+  /** The server's memory as it sees it now (undefined when it did not answer within 10 s). */
+  heapStats(): Promise<HeapStats | undefined>;
   /** SIGTERM (drain), SIGKILL after 20 s; removes the data folder. */
   stop(): Promise<void>;
 }
@@ -100,7 +139,13 @@ export async function startChildServer(opts: { env: Record<string, string>; log:
   };
   // BENCH_SERVER_CPU_PROF=<dir>: a V8 CPU profile of the server, written when it exits.
   const prof = process.env.BENCH_SERVER_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_SERVER_CPU_PROF}`] : [];
-  const child: ChildProcess = spawn(process.execPath, [...prof, ...START_NODE_FLAGS, "--import", "tsx", "services/main.ts"], { cwd: repoRoot, env, stdio: ["ignore", "pipe", "pipe"] });
+  // BENCH_SERVER_HEAP_GC=1: heapStats() collects garbage first (--expose-gc), so heapUsed is the live heap.
+  const gcFlag = process.env.BENCH_SERVER_HEAP_GC === "1" ? ["--expose-gc"] : [];
+  const child: ChildProcess = spawn(process.execPath, [...prof, ...START_NODE_FLAGS, ...gcFlag, "--import", HEAP_PROBE, "--import", "tsx", "services/main.ts"], {
+    cwd: repoRoot,
+    env,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   const pid = child.pid!;
   let maxRss = 0;
   const sampler = setInterval(() => {
@@ -109,6 +154,7 @@ export async function startChildServer(opts: { env: Record<string, string>; log:
   }, 200);
   let warnings = 0;
   let exited = false;
+  const heapWaiters: ((h: HeapStats | undefined) => void)[] = [];
   const exit = new Promise<number | null>((resolve) =>
     child.once("exit", (code) => {
       exited = true;
@@ -136,7 +182,13 @@ export async function startChildServer(opts: { env: Record<string, string>; log:
         else if (warnings === 6) opts.log("server: more warnings are counted, not shown");
       }
     });
-    createInterface({ input: child.stderr! }).on("line", (line) => opts.log(`server stderr: ${line}`));
+    createInterface({ input: child.stderr! }).on("line", (line) => {
+      if (line.startsWith(HEAP_LINE)) {
+        heapWaiters.shift()?.(JSON.parse(line.slice(HEAP_LINE.length)) as HeapStats);
+        return;
+      }
+      opts.log(`server stderr: ${line}`);
+    });
     // Both listeners accept connections once every service has started.
     const poll = async () => {
       while (!exited) {
@@ -169,6 +221,22 @@ export async function startChildServer(opts: { env: Record<string, string>; log:
     },
     cpuMs: () => cpuMs(pid) ?? 0,
     warnings: () => warnings,
+    heapStats() {
+      if (exited) return Promise.resolve(undefined);
+      return new Promise<HeapStats | undefined>((resolve) => {
+        const done = (h: HeapStats | undefined) => {
+          clearTimeout(timer);
+          resolve(h);
+        };
+        const timer = setTimeout(() => {
+          const i = heapWaiters.indexOf(done);
+          if (i >= 0) heapWaiters.splice(i, 1);
+          resolve(undefined);
+        }, 10_000);
+        heapWaiters.push(done);
+        child.kill("SIGWINCH");
+      });
+    },
     async stop() {
       if (!exited) {
         child.kill("SIGTERM");
