@@ -1,6 +1,7 @@
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { EventSchema, type Event } from "../../gen/dabba/events/v1/events_pb.js";
 import { DriverPositionSchema, type DriverPosition } from "../../gen/dabba/location/v1/location_pb.js";
+import type { TrackOrderResponse } from "../../gen/dabba/tracking/v1/tracking_service_pb.js";
 
 /**
  * The per-order tracking channel. Two producers publish on it: the location service (the
@@ -15,7 +16,16 @@ export function trackingChannel(orderId: string): string {
   return `tracking:${orderId}`;
 }
 
-export type TrackingSignal = { kind: "position"; position: DriverPosition } | { kind: "event"; event: Event };
+/**
+ * A decoded position. `response` is the TrackOrder message built from it, memoized by the first
+ * stream that sends it (the hub hands every watcher of the order the same signal object).
+ */
+export interface PositionSignal {
+  kind: "position";
+  position: DriverPosition;
+  response?: TrackOrderResponse;
+}
+export type TrackingSignal = PositionSignal | { kind: "event"; event: Event };
 
 const TAG_POSITION = 1;
 const TAG_EVENT = 2;
@@ -38,7 +48,7 @@ export function decodeSignal(data: Uint8Array): TrackingSignal {
   const body = data.subarray(1);
   switch (data[0]) {
     case TAG_POSITION:
-      return { kind: "position", position: fromBinary(DriverPositionSchema, body) };
+      return { kind: "position", position: fromBinary(DriverPositionSchema, body), response: undefined };
     case TAG_EVENT:
       return { kind: "event", event: fromBinary(EventSchema, body) };
     default:

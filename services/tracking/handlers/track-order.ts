@@ -5,15 +5,15 @@ import type { Event } from "../../../gen/dabba/events/v1/events_pb.js";
 import type { DriverPosition } from "../../../gen/dabba/location/v1/location_pb.js";
 import { OrderStatus, TimelineEntrySchema, TimelineKind, type Order, type TimelineEntry } from "../../../gen/dabba/order/v1/order_pb.js";
 import type { OrderService } from "../../../gen/dabba/order/v1/order_service_pb.js";
-import type { TrackOrderRequest, TrackOrderResponseSchema } from "../../../gen/dabba/tracking/v1/tracking_service_pb.js";
+import { TrackOrderResponseSchema, type TrackOrderRequest, type TrackOrderResponse } from "../../../gen/dabba/tracking/v1/tracking_service_pb.js";
 import { driverFixKey, driverProfileKey } from "../../location/keys.js";
 import { principalOf, type Principal } from "../../platform/auth.js";
 import type { TrackingConfig } from "../../platform/config.js";
 import { NotFoundError, PermissionError, UnavailableError, invalid } from "../../platform/errors.js";
 import type { Logger } from "../../platform/logger.js";
 import type { RedisPorts } from "../../platform/redis.js";
-import type { TrackingSignal } from "../channel.js";
-import type { TrackingHub } from "../hub.js";
+import type { PositionSignal, TrackingSignal } from "../channel.js";
+import type { SignalTarget, TrackingHub } from "../hub.js";
 
 type Msg = MessageInitShape<typeof TrackOrderResponseSchema>;
 
@@ -100,8 +100,99 @@ function atMs(t: Timestamp | undefined): number {
   return t ? timestampMs(t) : 0;
 }
 
-function statusMsg(orderId: string, entry: TimelineEntry, final: boolean): Msg {
-  return { eventId: `${orderId}-${entry.sequence}`, update: { case: "status", value: { status: entry.status, entry } }, final };
+function statusMsg(orderId: string, entry: TimelineEntry, final: boolean): TrackOrderResponse {
+  return create(TrackOrderResponseSchema, { eventId: `${orderId}-${entry.sequence}`, update: { case: "status", value: { status: entry.status, entry } }, final });
+}
+
+/** A complete response message (create() on it is a no-op further down the stack). */
+type Resp = TrackOrderResponse;
+
+/** The idle keep-alive, the same message for every stream. */
+const HEARTBEAT: Resp = create(TrackOrderResponseSchema, { eventId: "", update: { case: "heartbeat", value: {} } });
+
+/**
+ * What one stream keeps between messages, written by the hub callback (synchronously, cheaply)
+ * and read by the stream's generator. One plain object with its methods on the prototype: no
+ * closures per stream, and nothing of the order beyond what the live phase needs (its status,
+ * driver and last sequence; the snapshot's Order is dropped once sent).
+ */
+class StreamState implements SignalTarget, EventListenerObject {
+  /** Status events not applied yet (bounded by MAX_QUEUED_EVENTS). */
+  events: Event[] = [];
+  overflow = false;
+  /** The newest position not sent yet (the hub's signal, shared by the order's streams) and its device time. */
+  pending: PositionSignal | undefined = undefined;
+  pendingAt = 0;
+  /** Device time of the newest position sent (snapshot included): older ones are never sent. */
+  sentPosAt = 0;
+  /** The order's currently assigned driver ("" for none), as of the last applied event. */
+  driver = "";
+  terminal = false;
+  /** Set once the opening messages are built: from then on driver and terminal are known. */
+  loaded = false;
+  /** Newest event sequence applied or sent. */
+  lastSeq = 0n;
+  /** Wall time (performance.now()) the generator wants to be woken at, while it waits. */
+  wakeAt = 0;
+  notify: (() => void) | undefined = undefined;
+
+  onSignal(s: TrackingSignal): void {
+    if (s.kind === "event") {
+      if (this.events.length >= MAX_QUEUED_EVENTS) this.overflow = true;
+      else this.events.push(s.event);
+      this.wake();
+      return;
+    }
+    const pos = s.position;
+    const at = atMs(pos.at);
+    if (at <= this.sentPosAt || (this.pending && at <= this.pendingAt)) return;
+    // With no event waiting to be applied the assignment is known: drop other drivers' positions here.
+    if (this.loaded && this.events.length === 0 && (this.terminal || pos.driverId !== this.driver)) return;
+    this.pending = s;
+    this.pendingAt = at;
+    this.wake();
+  }
+
+  wake(): void {
+    const n = this.notify;
+    this.notify = undefined;
+    n?.();
+  }
+
+  /** The request signal's abort listener. */
+  handleEvent(): void {
+    this.wake();
+  }
+}
+
+/**
+ * One timer for the idle waits of every stream of this handler (heartbeats are due after
+ * seconds; a timer per stream re-armed after every message costs more than a scan per tick).
+ * A position held by the interval, and any wait shorter than a tick, use their own timer.
+ */
+class WakeWheel {
+  readonly #waiting = new Set<StreamState>();
+  #timer: NodeJS.Timeout | undefined;
+  constructor(readonly tickMs: number) {}
+
+  add(st: StreamState): void {
+    this.#waiting.add(st);
+    if (!this.#timer) {
+      this.#timer = setInterval(() => this.#tick(), this.tickMs);
+      this.#timer.unref();
+    }
+  }
+
+  delete(st: StreamState): void {
+    if (!this.#waiting.delete(st) || this.#waiting.size > 0 || !this.#timer) return;
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #tick(): void {
+    const now = performance.now();
+    for (const st of this.#waiting) if (now >= st.wakeAt) st.wake();
+  }
 }
 
 /**
@@ -116,8 +207,10 @@ function statusMsg(orderId: string, entry: TimelineEntry, final: boolean): Msg {
 export function trackOrder(deps: TrackOrderDeps) {
   const intervalMs = deps.tracking.positionIntervalMs;
   const heartbeatMs = deps.tracking.heartbeatMs;
+  // A heartbeat goes out at most a twentieth of its interval late (750 ms of 15 s).
+  const wheel = new WakeWheel(Math.min(1000, Math.max(5, Math.floor(heartbeatMs / 20))));
 
-  return async function* (req: TrackOrderRequest, ctx: HandlerContext): AsyncGenerator<Msg> {
+  return async function* (req: TrackOrderRequest, ctx: HandlerContext): AsyncGenerator<Resp> {
     const principal = principalOf(ctx);
     if (principal.role === "driver") throw new PermissionError("role driver may not track orders");
     const orderId = req.orderId;
@@ -126,45 +219,9 @@ export function trackOrder(deps: TrackOrderDeps) {
     const resumeAfter = parseLastEventId(orderId, req.lastEventId);
     const signal = ctx.signal;
 
-    // ---- state shared with the hub callback (synchronous, cheap).
-    const events: Event[] = [];
-    let overflow = false;
-    /** The newest position not sent yet. */
-    let pending: DriverPosition | undefined;
-    let pendingAt = 0;
-    /** Device time of the newest position sent (snapshot included): older ones are never sent. */
-    let sentPosAt = 0;
-    /** The order's currently assigned driver ("" for none), as of the last applied event. */
-    let driver = "";
-    let terminal = false;
-    let loaded = false;
-
-    let notify: (() => void) | undefined;
-    const wake = () => {
-      const n = notify;
-      notify = undefined;
-      n?.();
-    };
-
-    const onSignal = (s: TrackingSignal) => {
-      if (s.kind === "event") {
-        if (events.length >= MAX_QUEUED_EVENTS) overflow = true;
-        else events.push(s.event);
-        wake();
-        return;
-      }
-      const pos = s.position;
-      const at = atMs(pos.at);
-      if (at <= sentPosAt || (pending && at <= pendingAt)) return;
-      // With no event waiting to be applied the assignment is known: drop other drivers' positions here.
-      if (loaded && events.length === 0 && (terminal || pos.driverId !== driver)) return;
-      pending = pos;
-      pendingAt = at;
-      wake();
-    };
-
-    const watch = deps.hub.join(orderId, onSignal);
-    signal.addEventListener("abort", wake, { once: true });
+    const st = new StreamState();
+    const watch = deps.hub.join(orderId, st);
+    signal.addEventListener("abort", st, { once: true });
     let timer: NodeJS.Timeout | undefined;
     try {
       try {
@@ -174,81 +231,21 @@ export function trackOrder(deps: TrackOrderDeps) {
         deps.logger.warn({ err, orderId }, "tracking channel subscribe failed");
         throw new UnavailableError("tracking is unavailable; retry");
       }
-      let order = await loadOrder(deps, orderId, signal);
-      if (!maySee(principal, order)) throw new NotFoundError(NOT_FOUND);
-
-      let lastSeq = 0n;
-      for (const e of order.timeline) if (e.sequence > lastSeq) lastSeq = e.sequence;
-      driver = order.driverId;
-      terminal = isTerminal(order.status);
+      // The snapshot or the replay, from the order as loaded now; the Order itself lives only
+      // in that sub-generator, which is finished once the stream goes live.
+      if (yield* opening(deps, principal, orderId, resumeAfter, st, signal)) return;
       let lastSentWall = performance.now();
       let lastPosWall = -Infinity;
 
-      if (resumeAfter === undefined) {
-        let snapshot: Awaited<ReturnType<typeof buildSnapshot>>;
-        try {
-          snapshot = await buildSnapshot(deps, order, terminal);
-        } catch (err) {
-          deps.logger.warn({ err, orderId }, "reading the driver's profile and last fix failed");
-          throw new UnavailableError("tracking is unavailable; retry");
-        }
-        if (snapshot.positionAt > sentPosAt) sentPosAt = snapshot.positionAt;
-        loaded = true;
-        yield { eventId: `${orderId}-${lastSeq}`, update: { case: "snapshot", value: snapshot.value }, final: terminal };
-        if (terminal) return;
-      } else {
-        loaded = true;
-        const missed = order.timeline.filter((e) => e.sequence > resumeAfter);
-        // A watcher that missed the final message gets it again; one that saw everything of a finished order gets the last entry once more.
-        if (missed.length === 0 && terminal && order.timeline.length > 0) missed.push(order.timeline[order.timeline.length - 1]!);
-        for (let i = 0; i < missed.length; i++) {
-          yield statusMsg(orderId, missed[i]!, terminal && i === missed.length - 1);
-        }
-        if (terminal) return;
-        lastSentWall = performance.now();
-      }
-
       while (!signal.aborted) {
-        if (overflow) {
+        if (st.overflow) {
           deps.logger.warn({ orderId }, "tracking watcher too slow; ending stream");
           throw new ConnectError("tracking stream fell behind; reconnect with last_event_id", Code.Unavailable);
         }
 
-        const ev = events.shift();
+        const ev = st.events.shift();
         if (ev) {
-          if (ev.orderId !== orderId) continue;
-          const seq = ev.sequence;
-          if (seq > 0n && seq <= lastSeq) continue; // covered by the snapshot or sent already (at least once delivery)
-          const out: Msg[] = [];
-          if (seq > lastSeq + 1n && lastSeq > 0n) {
-            // A gap: events published while this process was not subscribed (a Redis reconnect)
-            // are lost on the channel; the order's timeline has them.
-            order = await loadOrder(deps, orderId, signal);
-            for (const e of order.timeline) {
-              if (e.sequence <= lastSeq || e.sequence >= seq || terminal) continue;
-              lastSeq = e.sequence;
-              if (e.kind === TimelineKind.DRIVER_ASSIGNED) driver = e.driverId;
-              else if (e.kind === TimelineKind.DRIVER_UNASSIGNED) driver = "";
-              terminal = isTerminal(e.status);
-              out.push(statusMsg(orderId, e, terminal));
-            }
-          }
-          if (seq > lastSeq) lastSeq = seq;
-          const p = ev.payload;
-          if (terminal) {
-            // The gap held the end of the order: out already ends with the final status.
-          } else if (p.case === "etaChanged") {
-            if (p.value.eta) out.push({ eventId: ev.eventId, update: { case: "eta", value: p.value.eta } });
-          } else {
-            const entry = timelineEntryOf(ev);
-            if (entry) {
-              if (p.case === "driverAssigned") driver = p.value.driverId;
-              else if (p.case === "driverUnassigned" || p.case === "cancelled" || p.case === "rejected") driver = "";
-              else if (ev.order) driver = ev.order.driverId;
-              terminal = isTerminal(entry.status);
-              out.push(statusMsg(orderId, entry, terminal));
-            }
-          }
+          const out = await applyEvent(deps, orderId, st, ev, signal);
           for (const m of out) {
             yield m;
             lastSentWall = performance.now();
@@ -259,39 +256,50 @@ export function trackOrder(deps: TrackOrderDeps) {
 
         const now = performance.now();
         let due = lastSentWall + heartbeatMs;
+        /** Whether a held position is what is due next (woken by its own timer, on time). */
+        let positionDue = false;
+        const pending = st.pending;
         if (pending) {
-          if (terminal || pending.driverId !== driver || driver === "" || pendingAt <= sentPosAt) {
-            pending = undefined;
+          if (st.terminal || pending.position.driverId !== st.driver || st.driver === "" || st.pendingAt <= st.sentPosAt) {
+            st.pending = undefined;
             continue;
           }
           const posDue = lastPosWall + intervalMs;
           if (now >= posDue) {
-            const pos = pending;
-            pending = undefined;
-            sentPosAt = pendingAt;
+            st.pending = undefined;
+            st.sentPosAt = st.pendingAt;
             lastPosWall = now;
-            yield {
-              // Positions are not resumable (the proto leaves their event_id empty): a reconnect gets the newest one anyway.
-              eventId: "",
-              update: { case: "location", value: { location: pos.location, headingDeg: pos.headingDeg, at: pos.at } },
-            };
+            yield locationMsg(pending);
             lastSentWall = performance.now();
             continue;
           }
-          if (posDue < due) due = posDue;
+          if (posDue < due) {
+            due = posDue;
+            positionDue = true;
+          }
         }
         if (now >= lastSentWall + heartbeatMs) {
-          yield { eventId: "", update: { case: "heartbeat", value: {} } };
+          yield HEARTBEAT;
           lastSentWall = performance.now();
           continue;
         }
+        // Wait for a signal, the abort, or the time something is due.
+        const wait = due - now;
         await new Promise<void>((resolve) => {
-          notify = resolve;
-          timer = setTimeout(wake, Math.max(1, Math.ceil(due - now)));
-          if (signal.aborted || events.length > 0 || overflow) wake();
+          st.notify = resolve;
+          if (positionDue || wait < wheel.tickMs) {
+            timer = setTimeout(resolve, Math.max(1, Math.ceil(wait)));
+          } else {
+            st.wakeAt = due;
+            wheel.add(st);
+          }
+          if (signal.aborted || st.events.length > 0 || st.overflow) st.wake();
         });
-        clearTimeout(timer);
-        timer = undefined;
+        st.notify = undefined;
+        if (timer) {
+          clearTimeout(timer);
+          timer = undefined;
+        } else wheel.delete(st);
       }
       // The host is draining (its reason is UNAVAILABLE): tell the client to come back rather
       // than ending as if the order were done. A cancelled client is gone and sees nothing.
@@ -301,10 +309,110 @@ export function trackOrder(deps: TrackOrderDeps) {
       }
     } finally {
       clearTimeout(timer);
-      signal.removeEventListener("abort", wake);
+      wheel.delete(st);
+      signal.removeEventListener("abort", st);
       watch.leave();
     }
   };
+}
+
+/**
+ * The opening messages: the snapshot, or on resume the status events missed since
+ * resumeAfter. Sets the stream's state (status, driver, last sequence) from the order and
+ * returns whether the stream is complete (the order had already ended).
+ */
+async function* opening(
+  deps: TrackOrderDeps,
+  principal: Principal,
+  orderId: string,
+  resumeAfter: bigint | undefined,
+  st: StreamState,
+  signal: AbortSignal,
+): AsyncGenerator<Resp, boolean> {
+  const order = await loadOrder(deps, orderId, signal);
+  if (!maySee(principal, order)) throw new NotFoundError(NOT_FOUND);
+  let lastSeq = 0n;
+  for (const e of order.timeline) if (e.sequence > lastSeq) lastSeq = e.sequence;
+  st.lastSeq = lastSeq;
+  st.driver = order.driverId;
+  const terminal = (st.terminal = isTerminal(order.status));
+
+  if (resumeAfter === undefined) {
+    let snapshot: Awaited<ReturnType<typeof buildSnapshot>>;
+    try {
+      snapshot = await buildSnapshot(deps, order, terminal);
+    } catch (err) {
+      deps.logger.warn({ err, orderId }, "reading the driver's profile and last fix failed");
+      throw new UnavailableError("tracking is unavailable; retry");
+    }
+    if (snapshot.positionAt > st.sentPosAt) st.sentPosAt = snapshot.positionAt;
+    st.loaded = true;
+    yield create(TrackOrderResponseSchema, { eventId: `${orderId}-${lastSeq}`, update: { case: "snapshot", value: snapshot.value }, final: terminal });
+    return terminal;
+  }
+  st.loaded = true;
+  const missed = order.timeline.filter((e) => e.sequence > resumeAfter);
+  // A watcher that missed the final message gets it again; one that saw everything of a finished order gets the last entry once more.
+  if (missed.length === 0 && terminal && order.timeline.length > 0) missed.push(order.timeline[order.timeline.length - 1]!);
+  for (let i = 0; i < missed.length; i++) {
+    yield statusMsg(orderId, missed[i]!, terminal && i === missed.length - 1);
+  }
+  return terminal;
+}
+
+/**
+ * The messages one order event from the channel turns into (none for a duplicate or an event
+ * of no interest), filling a gap in the sequence from the order's timeline first. Updates the
+ * stream's driver, status and last sequence.
+ */
+async function applyEvent(deps: TrackOrderDeps, orderId: string, st: StreamState, ev: Event, signal: AbortSignal): Promise<Resp[]> {
+  if (ev.orderId !== orderId) return [];
+  const seq = ev.sequence;
+  if (seq > 0n && seq <= st.lastSeq) return []; // covered by the snapshot or sent already (at least once delivery)
+  const out: Resp[] = [];
+  if (seq > st.lastSeq + 1n && st.lastSeq > 0n) {
+    // A gap: events published while this process was not subscribed (a Redis reconnect)
+    // are lost on the channel; the order's timeline has them.
+    const order = await loadOrder(deps, orderId, signal);
+    for (const e of order.timeline) {
+      if (e.sequence <= st.lastSeq || e.sequence >= seq || st.terminal) continue;
+      st.lastSeq = e.sequence;
+      if (e.kind === TimelineKind.DRIVER_ASSIGNED) st.driver = e.driverId;
+      else if (e.kind === TimelineKind.DRIVER_UNASSIGNED) st.driver = "";
+      st.terminal = isTerminal(e.status);
+      out.push(statusMsg(orderId, e, st.terminal));
+    }
+  }
+  if (seq > st.lastSeq) st.lastSeq = seq;
+  const p = ev.payload;
+  if (st.terminal) {
+    // The gap held the end of the order: out already ends with the final status.
+  } else if (p.case === "etaChanged") {
+    if (p.value.eta) out.push(create(TrackOrderResponseSchema, { eventId: ev.eventId, update: { case: "eta", value: p.value.eta } }));
+  } else {
+    const entry = timelineEntryOf(ev);
+    if (entry) {
+      if (p.case === "driverAssigned") st.driver = p.value.driverId;
+      else if (p.case === "driverUnassigned" || p.case === "cancelled" || p.case === "rejected") st.driver = "";
+      else if (ev.order) st.driver = ev.order.driverId;
+      st.terminal = isTerminal(entry.status);
+      out.push(statusMsg(orderId, entry, st.terminal));
+    }
+  }
+  return out;
+}
+
+/**
+ * The location message of a position signal, built once per signal: the order's streams in
+ * this process all get the same signal object from the hub.
+ */
+function locationMsg(s: PositionSignal): Resp {
+  const pos = s.position;
+  return (s.response ??= create(TrackOrderResponseSchema, {
+    // Positions are not resumable (the proto leaves their event_id empty): a reconnect gets the newest one anyway.
+    eventId: "",
+    update: { case: "location", value: { location: pos.location, headingDeg: pos.headingDeg, at: pos.at } },
+  }));
 }
 
 /** The promise, or a rejection as soon as the signal aborts (the promise keeps running; its outcome is ignored). */
