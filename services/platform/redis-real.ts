@@ -292,9 +292,13 @@ class RealChannels implements Channels {
       sub.on("error", (err) => this.logger?.warn({ err }, "redis subscriber connection error"));
       sub.on("messageBuffer", (channel: Buffer, message: Buffer) => {
         const st = this.#states.get(channel.toString());
-        if (!st) return;
+        if (!st || st.handlers.size === 0) return;
+        // A view, not a copy, of the message.
         const data = new Uint8Array(message.buffer, message.byteOffset, message.byteLength);
-        for (const h of [...st.handlers]) {
+        // Usually one handler (the tracking hub subscribes once per order): no copy of the set
+        // per message then; with several, a copy, so a handler that unsubscribes another is safe.
+        const handlers = st.handlers.size === 1 ? st.handlers : [...st.handlers];
+        for (const h of handlers) {
           try {
             h(data);
           } catch (err) {
