@@ -413,10 +413,25 @@ function createHandler(desc: DescService, method: DescMethod, impl: AnyImpl, opt
         : requestMessages(c as grpc.ServerDuplexStream<unknown, unknown>, ctx.signal);
     (async () => {
       const res = await invokeStream(ctx, impl, opts.interceptors, input);
-      for await (const out of res.message) {
-        if (finished || c.cancelled || c.destroyed) break;
-        sendHeaders();
-        if (!c.write(out)) await drained(c, ctx.signal);
+      const it = res.message[Symbol.asyncIterator]();
+      // Each message is written inside the callback and never held by this function: a
+      // suspended loop would otherwise keep a long-lived stream's last message (e.g. a
+      // TrackOrder snapshot with its whole order) alive until the next one.
+      const step = (): Promise<Step> =>
+        it.next().then((r) => {
+          if (r.done) return "done";
+          if (finished || c.cancelled || c.destroyed) return "gone";
+          sendHeaders();
+          return c.write(r.value) ? "wrote" : "full";
+        });
+      for (;;) {
+        const s = await step();
+        if (s === "done") break;
+        if (s === "gone") {
+          void it.return?.()?.catch(() => {});
+          break;
+        }
+        if (s === "full") await drained(c, ctx.signal);
       }
       copyHeaders(res.trailer, ctx.responseTrailer);
     })()
@@ -444,6 +459,9 @@ function createHandler(desc: DescService, method: DescMethod, impl: AnyImpl, opt
       });
   };
 }
+
+/** What writing one response message did (see the server-streaming write loop). */
+type Step = "done" | "gone" | "wrote" | "full";
 
 function mergeMetadata(into: grpc.Metadata, from: grpc.Metadata): void {
   for (const [key, values] of Object.entries(from.toJSON())) {
