@@ -134,6 +134,8 @@ class StreamState implements SignalTarget, EventListenerObject {
   lastSeq = 0n;
   /** Wall time (performance.now()) the generator wants to be woken at, while it waits. */
   wakeAt = 0;
+  /** The request signal's state, kept here by its abort listener (its getter checks its receiver on every read). */
+  aborted = false;
   notify: (() => void) | undefined = undefined;
 
   onSignal(s: TrackingSignal): void {
@@ -161,6 +163,7 @@ class StreamState implements SignalTarget, EventListenerObject {
 
   /** The request signal's abort listener. */
   handleEvent(): void {
+    this.aborted = true;
     this.wake();
   }
 }
@@ -222,6 +225,7 @@ export function trackOrder(deps: TrackOrderDeps) {
     const st = new StreamState();
     const watch = deps.hub.join(orderId, st);
     signal.addEventListener("abort", st, { once: true });
+    st.aborted = signal.aborted;
     let timer: NodeJS.Timeout | undefined;
     try {
       try {
@@ -237,7 +241,7 @@ export function trackOrder(deps: TrackOrderDeps) {
       let lastSentWall = performance.now();
       let lastPosWall = -Infinity;
 
-      while (!signal.aborted) {
+      while (!st.aborted) {
         if (st.overflow) {
           deps.logger.warn({ orderId }, "tracking watcher too slow; ending stream");
           throw new ConnectError("tracking stream fell behind; reconnect with last_event_id", Code.Unavailable);
@@ -293,7 +297,7 @@ export function trackOrder(deps: TrackOrderDeps) {
             st.wakeAt = due;
             wheel.add(st);
           }
-          if (signal.aborted || st.events.length > 0 || st.overflow) st.wake();
+          if (st.aborted || st.events.length > 0 || st.overflow) st.wake();
         });
         st.notify = undefined;
         if (timer) {
