@@ -263,15 +263,20 @@ export async function run(): Promise<void> {
     latencies.sort((a, b) => a - b);
     const sums = driverResult.summaries;
     const totalSent = driverResult.at.reduce((n, a) => n + a.length, 0);
-    const verified = driverResult.failures.length === 0 && sums.accepted === totalSent && sums.rejected === 0 && unmatched === 0;
+    // A server that logged warnings or errors (a failed Redis write, say, which leaves pings
+    // accepted but never published) did not run the benchmark cleanly.
+    const serverWarnings = server.warnings();
+    const verified = driverResult.failures.length === 0 && sums.accepted === totalSent && sums.rejected === 0 && unmatched === 0 && serverWarnings === 0;
+    const deliveredPct = r1((latencies.length / Math.max(1, measuredPings)) * 100);
     for (const f of driverResult.failures.slice(0, 5)) log(`driver stream failed: ${f}`);
     log(
       `verify: ${totalSent} pings sent, accepted ${sums.accepted}, rejected ${sums.rejected} ${JSON.stringify(sums.byReason)}, ` +
-        `failed driver streams ${driverResult.failures.length}, positions received ${positions} (${unmatched} without a matching ping): ${verified ? "OK" : "MISMATCH"}`,
+        `failed driver streams ${driverResult.failures.length}, positions received ${positions} (${unmatched} without a matching ping), ` +
+        `server warnings ${serverWarnings}: ${verified ? "OK" : "MISMATCH"}`,
     );
     log(
       `measured ${MEASURE_MS / 1000} s: ${measuredPings} pings, ${latencies.length} positions delivered to customers ` +
-        `(${r1((latencies.length / Math.max(1, measuredPings)) * 100)}%; at most one per order per second is sent), ` +
+        `(${deliveredPct}%; at most one per order per second is sent), ` +
         `latency p50 ${r2(percentile(latencies, 50))} ms, p90 ${r2(percentile(latencies, 90))} ms, p99 ${r2(percentile(latencies, 99))} ms, max ${r2(latencies[latencies.length - 1] ?? 0)} ms`,
     );
     log(
@@ -294,6 +299,8 @@ export async function run(): Promise<void> {
         accepted: sums.accepted,
         rejected: sums.rejected,
         verified,
+        delivered_pct: deliveredPct,
+        server_warnings: serverWarnings,
         server_cpu_ms: Math.round(serverCpuMs),
         drivers_cpu_ms: Math.round(driverResult.cpuMs),
         watchers_cpu_ms: Math.round(watcherCpuMs),
