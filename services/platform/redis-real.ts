@@ -70,7 +70,8 @@ export async function openRealRedis(opts: { redisUrl: string; logger?: Logger; k
     async batch(ops) {
       const { keys, args } = batchArgs(ops, p);
       if (args.length === 0) return;
-      await (main as Scripted).dabbaBatch(keys.length, ...keys, ...args);
+      // One array argument (ioredis flattens it): spreading ~10^5 arguments into a call overflows the stack.
+      await (main as Scripted).dabbaBatch(keys.length, (keys as (string | Buffer)[]).concat(args));
     },
     async hgetallMany(keys) {
       if (keys.length === 0) return [];
@@ -486,7 +487,7 @@ export function batchArgs(ops: readonly BatchOp[], prefix: string): { keys: stri
 }
 
 type Scripted = Redis & {
-  dabbaBatch(numKeys: number, ...keysAndArgs: (string | Buffer)[]): Promise<number>;
+  dabbaBatch(numKeys: number, keysAndArgs: (string | Buffer)[]): Promise<number>;
   dabbaRateHit(key: string, limit: number, windowMs: number, member: string): Promise<[number, number, number]>;
   dabbaCompareAndDelete(key: string, expected: string): Promise<number>;
 };

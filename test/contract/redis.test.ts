@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { Redis } from "ioredis";
-import { openRedis, type RedisPorts, type StreamEntry } from "../../services/platform/redis.js";
+import { openRedis, type BatchOp, type RedisPorts, type StreamEntry } from "../../services/platform/redis.js";
 import { connName } from "../../services/platform/redis-real.js";
 import { redisUrl, requireReal, uniqueId } from "../helpers/backends.js";
 import { sleep, until } from "../helpers/wait.js";
@@ -373,6 +373,18 @@ for (const impl of ["memory", "redis"] as const) {
         const some = await r.hgetallMany(["b:big:m0", "b:big:m1999", "b:big:m2000"]);
         assert.deepEqual(some, [{ seq: "m0" }, { seq: "m1999" }, {}]);
         assert.equal(Object.keys(await r.kv.hgetall("b:wide")).length, 1500);
+      });
+
+      it("takes a tick of 20,000 drivers' writes in one call", async () => {
+        const n = 20_000;
+        const ops: BatchOp[] = [];
+        for (let i = 0; i < n; i++) {
+          ops.push({ op: "hset", key: `b:many:${i}`, fields: { lat: "12.97", lng: "77.59", seq: String(i), at: "1", recv: "2" }, ttlMs: 60_000 });
+        }
+        ops.push({ op: "geoadd", key: "b:many-geo", items: Array.from({ length: n }, (_, i) => ({ member: `d${i}`, lng: 77.5 + (i % 200) * 1e-3, lat: 12.9 + Math.floor(i / 200) * 1e-3 })) });
+        await r.batch(ops);
+        assert.deepEqual(await r.hgetallMany([`b:many:${n - 1}`]), [{ lat: "12.97", lng: "77.59", seq: String(n - 1), at: "1", recv: "2" }]);
+        assert.equal((await r.geo.search("b:many-geo", { lng: 77.6, lat: 12.95, radiusKm: 50, count: 100_000 })).length, n);
       });
 
       it("keeps concurrent batches' writes whole and in call order per key", async () => {
