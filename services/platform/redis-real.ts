@@ -68,10 +68,18 @@ export async function openRealRedis(opts: { redisUrl: string; logger?: Logger; k
     geo: new RealGeo(main, p),
     kv: new RealKv(main, p),
     async batch(ops) {
-      const { keys, args } = batchArgs(ops, p);
-      if (args.length === 0) return;
-      // One array argument (ioredis flattens it): spreading ~10^5 arguments into a call overflows the stack.
-      await (main as Scripted).dabbaBatch(keys.length, (keys as (string | Buffer)[]).concat(args));
+      const calls = batchCalls(ops, p);
+      // One array argument per call (ioredis flattens it): spreading ~10^5 arguments overflows the stack.
+      const argv = (c: BatchCall) => (c.keys as (string | Buffer)[]).concat(c.args);
+      if (calls.length === 0) return;
+      if (calls.length === 1) {
+        await (main as Scripted).dabbaBatch(calls[0]!.keys.length, argv(calls[0]!));
+        return;
+      }
+      const pl = main.pipeline() as unknown as Scripted & { exec(): Promise<[Error | null, unknown][] | null> };
+      for (const c of calls) void pl.dabbaBatch(c.keys.length, argv(c));
+      const failed = ((await pl.exec()) ?? []).find(([err]) => err);
+      if (failed) throw failed[0];
     },
     async hgetallMany(keys) {
       if (keys.length === 0) return [];
@@ -409,7 +417,7 @@ return 0
 `;
 
 /**
- * RedisPorts.batch as one script call. The same writes as a pipeline of GEOADD / ZREM / HSET +
+ * RedisPorts.batch as script calls (one, or a few sent together for a huge batch). The same writes as a pipeline of GEOADD / ZREM / HSET +
  * PEXPIRE / PUBLISH commands, but one command on the wire: building thousands of ioredis
  * commands per tick cost ~18 us of client CPU per location fix, the script's arguments ~3 us
  * (measured with 2,000 fixes per call). The writes run in order; an error stops the script and
@@ -452,10 +460,24 @@ return k
 /** Lua's unpack() returns at most ~8,000 values: longer ops are split into chunks of this many items. */
 const BATCH_CHUNK = 1000;
 
-/** The KEYS and ARGV of BATCH_LUA for ops (empty ops are skipped). */
-export function batchArgs(ops: readonly BatchOp[], prefix: string): { keys: string[]; args: (string | Buffer)[] } {
-  const keys: string[] = [];
-  const args: (string | Buffer)[] = [];
+/** The KEYS and ARGV of one BATCH_LUA call. */
+export interface BatchCall {
+  keys: string[];
+  args: (string | Buffer)[];
+}
+
+/**
+ * Script arguments per call before the next op starts a new call: Redis runs a script without
+ * serving anyone else, so a tick of many thousands of drivers is split into calls of bounded
+ * size (sent together, still one round trip) to bound how long other clients wait.
+ */
+const BATCH_MAX_ARGS = 20_000;
+
+/** The BATCH_LUA calls for ops, in order (empty ops are skipped). */
+export function batchCalls(ops: readonly BatchOp[], prefix: string): BatchCall[] {
+  const calls: BatchCall[] = [];
+  let keys: string[] = [];
+  let args: (string | Buffer)[] = [];
   for (const o of ops) {
     if (o.op === "geoadd") {
       for (let from = 0; from < o.items.length; from += BATCH_CHUNK) {
@@ -482,8 +504,14 @@ export function batchArgs(ops: readonly BatchOp[], prefix: string): { keys: stri
     } else {
       args.push("P", prefix + o.channel, toBuffer(o.data));
     }
+    if (args.length >= BATCH_MAX_ARGS) {
+      calls.push({ keys, args });
+      keys = [];
+      args = [];
+    }
   }
-  return { keys, args };
+  if (args.length > 0) calls.push({ keys, args });
+  return calls;
 }
 
 type Scripted = Redis & {

@@ -122,9 +122,9 @@ export interface RedisPorts {
   geo: GeoIndex;
   kv: Kv;
   /**
-   * Sends the writes in order in one round trip (on Redis one script call, so no other client's
-   * command runs in between). Resolves when all are applied; rejects when one failed (the ones
-   * before it stay applied: there is no rollback).
+   * Sends the writes in order in one round trip (on Redis as script calls of bounded size, sent
+   * together). Resolves when all are applied; rejects when one failed (the ones before it stay
+   * applied: there is no rollback).
    * While Redis is unreachable the returned promise waits (bounded by the caller's own
    * backpressure) or rejects; it never buffers without bound behind the caller's back.
    */
