@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { createServer } from "node:net";
+import type { ChildProcess } from "node:child_process";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Redis } from "ioredis";
@@ -11,54 +10,10 @@ import { defaultLocationConfig } from "../../services/platform/config.js";
 import { uniqueId } from "../helpers/backends.js";
 import { startTestMesh, type ClientKind, type TestMesh } from "../helpers/mesh.js";
 import { offsetMetres, pushStream } from "../helpers/push-stream.js";
+import { freePort, killRedis, startRedis } from "../helpers/private-redis.js";
 import { sleep, until } from "../helpers/wait.js";
 
 type ReportMsg = MessageInitShape<typeof ReportLocationsRequestSchema>;
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      const port = typeof addr === "object" && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-/** A private, memory-only redis-server on port; resolves once it answers PING. */
-async function startRedis(port: number): Promise<ChildProcess> {
-  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
-  const probe = new Redis({ port, host: "127.0.0.1", lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-  probe.on("error", () => {}); // refused connections are expected until the server is up
-  try {
-    await until(
-      async () => {
-        if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}`);
-        try {
-          if (probe.status !== "ready") await probe.connect();
-          return (await probe.ping()) === "PONG";
-        } catch {
-          probe.disconnect();
-          return false;
-        }
-      },
-      10_000,
-      "redis-server answering",
-    );
-  } finally {
-    probe.disconnect();
-  }
-  return child;
-}
-
-async function kill(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  child.kill("SIGKILL");
-  await exited;
-}
 
 /**
  * Redis restarts under live ingestion: dabba keeps running, the drivers' streams (one over
@@ -82,7 +37,7 @@ describe("location ingestion survives a Redis restart", function () {
 
   after(async () => {
     await t?.close();
-    if (redis) await kill(redis);
+    if (redis) await killRedis(redis);
   });
 
   it("keeps both streams open across SIGKILL and restart, and rewrites the drivers' live state", async () => {
@@ -123,7 +78,7 @@ describe("location ingestion survives a Redis restart", function () {
     try {
       for (const d of drivers) await until(() => live(d.id), 10_000, `${d.kind} driver live before the restart`);
 
-      await kill(redis!);
+      await killRedis(redis!);
       const sentAtKill = [...sent];
       // Keep streaming while Redis is gone (a couple of seconds of pings).
       await until(() => sent.every((s, i) => s >= sentAtKill[i]! + 20n), 20_000, "pings sent while Redis is down");

@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { createServer } from "node:net";
+import type { ChildProcess } from "node:child_process";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { ConnectError } from "@connectrpc/connect";
@@ -15,52 +14,8 @@ import type { TrackingServiceModule } from "../../services/tracking/index.js";
 import { requireReal, uniqueId } from "../helpers/backends.js";
 import { NEARBY } from "../helpers/fixtures.js";
 import { startTestMesh, type Backend, type ClientKind, type TestMesh } from "../helpers/mesh.js";
+import { freePort, killRedis, startRedis } from "../helpers/private-redis.js";
 import { until } from "../helpers/wait.js";
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      const port = typeof addr === "object" && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-/** A private, memory-only redis-server; resolves once it answers PING. */
-async function startRedis(port: number): Promise<ChildProcess> {
-  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
-  const probe = new Redis({ port, host: "127.0.0.1", lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-  probe.on("error", () => {}); // refused until the server is up
-  try {
-    await until(
-      async () => {
-        if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}`);
-        try {
-          if (probe.status !== "ready") await probe.connect();
-          return (await probe.ping()) === "PONG";
-        } catch {
-          probe.disconnect();
-          return false;
-        }
-      },
-      10_000,
-      "redis-server answering",
-    );
-  } finally {
-    probe.disconnect();
-  }
-  return child;
-}
-
-async function kill(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  child.kill("SIGKILL");
-  await exited;
-}
 
 /**
  * Redis is SIGKILLed and restarted empty on the same port while TrackOrder streams are open:
@@ -92,7 +47,7 @@ for (const backend of ["embedded", "real"] as Backend[]) {
     after(async () => {
       raw?.disconnect();
       await t?.close();
-      if (redis) await kill(redis);
+      if (redis) await killRedis(redis);
     });
 
     it("keeps the streams open and delivers every status change and position after the restart", async () => {
@@ -139,7 +94,7 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       const channel = await channelName();
       assert.ok(channel, "the order's tracking channel is subscribed in Redis");
 
-      await kill(redis!);
+      await killRedis(redis!);
       // Changed while Redis is down: committed in the database, relayed once Redis is back.
       await kitchen.startPreparing({ orderId });
       redis = await startRedis(port);
