@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { createContextValues, createHandlerContext, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createContextValues, createHandlerContext, type Client } from "@connectrpc/connect";
 import fc from "fast-check";
 import { ActorRole } from "../../gen/dabba/common/v1/common_pb.js";
 import { EventSchema } from "../../gen/dabba/events/v1/events_pb.js";
@@ -14,8 +14,9 @@ import { defaultTrackingConfig, type TrackingConfig } from "../../services/platf
 import { createLogger } from "../../services/platform/logger.js";
 import { openRedis, type Channels } from "../../services/platform/redis.js";
 import { encodeEvent, encodePosition, trackingChannel, type TrackingSignal } from "../../services/tracking/channel.js";
-import { parseLastEventId, timelineEntryOf, trackOrder } from "../../services/tracking/handlers/track-order.js";
+import { OPENING_CONCURRENCY, parseLastEventId, timelineEntryOf, trackOrder } from "../../services/tracking/handlers/track-order.js";
 import { createTrackingHub } from "../../services/tracking/hub.js";
+import { until } from "../helpers/wait.js";
 
 /** Which subscribe / unsubscribe calls are waiting for the test to let them finish. */
 interface Gate {
@@ -489,6 +490,61 @@ describe("TrackOrder handler (fake order service)", () => {
       await it.return?.(undefined);
     } finally {
       await s.close();
+    }
+  });
+
+  it("builds at most OPENING_CONCURRENCY openings at once, in arrival order; a stream cancelled while waiting leaves at once", async () => {
+    const redis = await openRedis({});
+    const hub = createTrackingHub({ channels: redis.channels });
+    const gates: (() => void)[] = [];
+    const loaded: string[] = [];
+    const orders = {
+      async getOrder(req: { orderId: string }) {
+        loaded.push(req.orderId);
+        await new Promise<void>((r) => gates.push(r));
+        return { order: create(OrderSchema, { id: req.orderId, customerId: "c1", restaurantId: "r1", status: OrderStatus.PLACED, timeline: [entry(1, OrderStatus.PLACED)] }) };
+      },
+    } as unknown as Client<typeof OrderService>;
+    const handler = trackOrder({ tracking: defaultTrackingConfig, redis, logger: createLogger("silent"), hub, orders: () => orders });
+    const streams = Array.from({ length: OPENING_CONCURRENCY + 3 }, (_, i) => {
+      const ctx = createHandlerContext({
+        service: TrackingService,
+        method: TrackingService.method.trackOrder,
+        protocolName: "test",
+        requestMethod: "POST",
+        url: "/",
+        contextValues: createContextValues().set(principalKey, { role: "customer", sub: "c1" }),
+      });
+      const it = handler(create(TrackOrderRequestSchema, { orderId: `o${i}` }), ctx)[Symbol.asyncIterator]();
+      return { ctx, it, first: it.next() };
+    });
+    try {
+      await until(() => loaded.length === OPENING_CONCURRENCY, 5000, "the first openings load");
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(loaded.length, OPENING_CONCURRENCY, "the others wait");
+      // The second waiting stream is cancelled: it ends at once, without loading.
+      const cancelled = streams[OPENING_CONCURRENCY + 1]!;
+      cancelled.ctx.abort();
+      await assert.rejects(cancelled.first, (err: unknown) => err instanceof ConnectError && err.code === Code.Canceled);
+      // One opening finishes: the first waiter (not the cancelled one) takes its place.
+      gates.shift()!();
+      assert.equal((await streams[0]!.first).value?.update?.case, "snapshot");
+      await until(() => loaded.length === OPENING_CONCURRENCY + 1, 5000, "the next opening loads");
+      assert.equal(loaded.at(-1), `o${OPENING_CONCURRENCY}`);
+      while (gates.length > 0) gates.shift()!();
+      await until(() => loaded.length === OPENING_CONCURRENCY + 2, 5000, "the last opening loads");
+      while (gates.length > 0) gates.shift()!();
+      assert.deepEqual(loaded.slice(OPENING_CONCURRENCY), [`o${OPENING_CONCURRENCY}`, `o${OPENING_CONCURRENCY + 2}`]);
+      for (const [i, st] of streams.entries()) {
+        if (i === OPENING_CONCURRENCY + 1) continue;
+        assert.equal((await st.first).value?.update?.case, "snapshot", `stream ${i}`);
+      }
+    } finally {
+      for (const st of streams) st.ctx.abort();
+      while (gates.length > 0) gates.shift()!();
+      await Promise.all(streams.map((st) => st.it.return?.(undefined).catch(() => {})));
+      await hub.close();
+      await redis.close();
     }
   });
 

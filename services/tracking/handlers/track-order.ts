@@ -27,6 +27,8 @@ export interface TrackOrderDeps {
   orders: () => Client<typeof OrderService>;
 }
 
+/** Streams of one process that load their order and build their snapshot at the same time. */
+export const OPENING_CONCURRENCY = 64;
 /** Status events a slow watcher may have queued before its stream is ended (it resumes with last_event_id). */
 export const MAX_QUEUED_EVENTS = 256;
 const ID_MAX = 128;
@@ -212,6 +214,7 @@ export function trackOrder(deps: TrackOrderDeps) {
   const heartbeatMs = deps.tracking.heartbeatMs;
   // A heartbeat goes out at most a twentieth of its interval late (750 ms of 15 s).
   const wheel = new WakeWheel(Math.min(1000, Math.max(5, Math.floor(heartbeatMs / 20))));
+  const gate = new OpeningGate(OPENING_CONCURRENCY);
 
   return async function* (req: TrackOrderRequest, ctx: HandlerContext): AsyncGenerator<Resp> {
     const principal = principalOf(ctx);
@@ -237,7 +240,7 @@ export function trackOrder(deps: TrackOrderDeps) {
       }
       // The snapshot or the replay, from the order as loaded now; the Order itself lives only
       // in that sub-generator, which is finished once the stream goes live.
-      if (yield* opening(deps, principal, orderId, resumeAfter, st, signal)) return;
+      if (yield* opening(deps, gate, principal, orderId, resumeAfter, st, signal)) return;
       let lastSentWall = performance.now();
       let lastPosWall = -Infinity;
 
@@ -323,16 +326,37 @@ export function trackOrder(deps: TrackOrderDeps) {
 /**
  * The opening messages: the snapshot, or on resume the status events missed since
  * resumeAfter. Sets the stream's state (status, driver, last sequence) from the order and
- * returns whether the stream is complete (the order had already ended).
+ * returns whether the stream is complete (the order had already ended). They are built under
+ * the opening gate; the Order lives only in this finished sub-generator's callee.
  */
 async function* opening(
   deps: TrackOrderDeps,
+  gate: OpeningGate,
   principal: Principal,
   orderId: string,
   resumeAfter: bigint | undefined,
   st: StreamState,
   signal: AbortSignal,
 ): AsyncGenerator<Resp, boolean> {
+  await gate.enter(signal);
+  let first: { messages: Resp[]; terminal: boolean };
+  try {
+    first = await buildOpening(deps, principal, orderId, resumeAfter, st, signal);
+  } finally {
+    gate.leave();
+  }
+  for (const m of first.messages) yield m;
+  return first.terminal;
+}
+
+async function buildOpening(
+  deps: TrackOrderDeps,
+  principal: Principal,
+  orderId: string,
+  resumeAfter: bigint | undefined,
+  st: StreamState,
+  signal: AbortSignal,
+): Promise<{ messages: Resp[]; terminal: boolean }> {
   const order = await loadOrder(deps, orderId, signal);
   if (!maySee(principal, order)) throw new NotFoundError(NOT_FOUND);
   let lastSeq = 0n;
@@ -351,17 +375,56 @@ async function* opening(
     }
     if (snapshot.positionAt > st.sentPosAt) st.sentPosAt = snapshot.positionAt;
     st.loaded = true;
-    yield create(TrackOrderResponseSchema, { eventId: `${orderId}-${lastSeq}`, update: { case: "snapshot", value: snapshot.value }, final: terminal });
-    return terminal;
+    const msg = create(TrackOrderResponseSchema, { eventId: `${orderId}-${lastSeq}`, update: { case: "snapshot", value: snapshot.value }, final: terminal });
+    return { messages: [msg], terminal };
   }
   st.loaded = true;
   const missed = order.timeline.filter((e) => e.sequence > resumeAfter);
   // A watcher that missed the final message gets it again; one that saw everything of a finished order gets the last entry once more.
   if (missed.length === 0 && terminal && order.timeline.length > 0) missed.push(order.timeline[order.timeline.length - 1]!);
-  for (let i = 0; i < missed.length; i++) {
-    yield statusMsg(orderId, missed[i]!, terminal && i === missed.length - 1);
+  return { messages: missed.map((e, i) => statusMsg(orderId, e, terminal && i === missed.length - 1)), terminal };
+}
+
+/**
+ * Bounds how many streams build their opening messages at once (GetOrder, the driver's profile
+ * and last fix): when thousands of watchers connect together (a reconnect storm, a process
+ * restart), the rest wait their turn in order instead of all holding half-built snapshots at
+ * once, which V8 promoted to the old generation as they outlived young collections (the heap,
+ * and so RSS, grew with the burst rather than with the streams). A waiting stream that is
+ * cancelled leaves the queue at once.
+ */
+class OpeningGate {
+  #active = 0;
+  readonly #queue: (() => void)[] = [];
+  constructor(readonly limit: number) {}
+
+  enter(signal: AbortSignal): Promise<void> {
+    if (signal.aborted) return Promise.reject(new ConnectError("stream cancelled", Code.Canceled));
+    if (this.#active < this.limit) {
+      this.#active++;
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve, reject) => {
+      const admit = () => {
+        signal.removeEventListener("abort", onAbort);
+        resolve();
+      };
+      const onAbort = () => {
+        const i = this.#queue.indexOf(admit);
+        if (i >= 0) this.#queue.splice(i, 1);
+        reject(new ConnectError("stream cancelled", Code.Canceled));
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.#queue.push(admit);
+    });
   }
-  return terminal;
+
+  /** Hands the slot to the next waiter, if any. */
+  leave(): void {
+    const next = this.#queue.shift();
+    if (next) next();
+    else this.#active--;
+  }
 }
 
 /**
