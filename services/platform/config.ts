@@ -91,7 +91,7 @@ export interface GeofenceConfig {
 export interface TrackingConfig {
   /** Heartbeat interval on an idle stream. */
   heartbeatMs: number;
-  /** At most one driver position per stream per this interval (newest wins). */
+  /** Driver positions per stream are spaced by this interval less a tenth (at most 100 ms) of jitter allowance (newest wins). */
   positionIntervalMs: number;
 }
 

@@ -210,7 +210,11 @@ class WakeWheel {
  * positions are never queued, only the newest is kept and sent when the interval allows.
  */
 export function trackOrder(deps: TrackOrderDeps) {
-  const intervalMs = deps.tracking.positionIntervalMs;
+  // Positions are spaced by the interval less a jitter allowance (a tenth, at most 100 ms).
+  // With exactly "one per interval", drivers pinging once per interval would have every later
+  // fix wait for the worst delay any earlier fix had (each send moves the next slot later and
+  // nothing moves it back); the allowance lets a late fix be made up within a few sends.
+  const minGapMs = deps.tracking.positionIntervalMs - Math.min(100, Math.floor(deps.tracking.positionIntervalMs / 10));
   const heartbeatMs = deps.tracking.heartbeatMs;
   // A heartbeat goes out at most a twentieth of its interval late (750 ms of 15 s).
   const wheel = new WakeWheel(Math.min(1000, Math.max(5, Math.floor(heartbeatMs / 20))));
@@ -271,7 +275,7 @@ export function trackOrder(deps: TrackOrderDeps) {
             st.pending = undefined;
             continue;
           }
-          const posDue = lastPosWall + intervalMs;
+          const posDue = lastPosWall + minGapMs;
           if (now >= posDue) {
             st.pending = undefined;
             st.sentPosAt = st.pendingAt;
