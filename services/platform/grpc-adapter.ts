@@ -166,9 +166,9 @@ function methodDefinition(desc: DescService, method: DescMethod): grpc.MethodDef
     originalName: method.localName,
     requestStream: method.methodKind == "client_streaming" || method.methodKind == "bidi_streaming",
     responseStream: method.methodKind == "server_streaming" || method.methodKind == "bidi_streaming",
-    requestSerialize: (m: unknown) => Buffer.from(toBinary(input, create(input, m as MessageShape<DescMessage>))),
+    requestSerialize: (m: unknown) => asBuffer(toBinary(input, create(input, m as MessageShape<DescMessage>))),
     requestDeserialize: (b: Buffer) => fromBinary(input, b),
-    responseSerialize: (m: unknown) => Buffer.from(toBinary(output, create(output, m as MessageShape<DescMessage>))),
+    responseSerialize: (m: unknown) => asBuffer(toBinary(output, create(output, m as MessageShape<DescMessage>))),
     responseDeserialize: (b: Buffer) => fromBinary(output, b),
   };
 }
@@ -458,6 +458,11 @@ function createHandler(desc: DescService, method: DescMethod, impl: AnyImpl, opt
         }
       });
   };
+}
+
+/** A Buffer view of the encoded bytes (no copy). */
+function asBuffer(u: Uint8Array): Buffer {
+  return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 }
 
 /** What writing one response message did (see the server-streaming write loop). */

@@ -98,9 +98,10 @@ export function createHost(opts: HostOptions): Host {
   const { config, logger, modules } = opts;
   const tracker = new CallTracker();
   const health = new HealthService(modules.map((m) => m.desc.typeName));
-  // Outermost: map errors and refuse calls while draining; innermost: map handler errors
-  // so the user interceptors (logging) see the code the client will see.
-  const interceptors = [errorInterceptor(logger), drainInterceptor(tracker), ...opts.interceptors, errorInterceptor(logger)];
+  // Outermost: map errors and refuse calls while draining. Handler errors are already mapped
+  // inside each service (errors.ts withMappedErrors), so the user interceptors (logging) see the
+  // code the client will see without a second mapping layer around every streamed message.
+  const interceptors = [errorInterceptor(logger), drainInterceptor(tracker), ...opts.interceptors];
 
   let grpcServer: grpc.Server | undefined;
   let webServer: net.Server | undefined;
