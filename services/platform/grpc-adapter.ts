@@ -335,10 +335,12 @@ function createHandler(desc: DescService, method: DescMethod, impl: AnyImpl, opt
     };
     (call as NodeJS.EventEmitter).on("cancelled", () => {
       // grpc-js ends a call whose deadline passed itself, which reaches us as a cancellation
-      // a moment before our own deadline timer fires.
+      // a moment before our own deadline timer fires; and a client's own deadline timer sends
+      // its cancellation up to the time the request took to arrive (tens of ms on a busy
+      // machine) before ours. A cancellation that close to the deadline is the deadline.
       const left = ctx.timeoutMs();
       cancel.abort(
-        left !== undefined && left <= 20
+        left !== undefined && left <= DEADLINE_SLACK_MS
           ? new ConnectError("the operation timed out", Code.DeadlineExceeded)
           : new ConnectError("call cancelled by the client", Code.Canceled),
       );
@@ -464,6 +466,9 @@ function createHandler(desc: DescService, method: DescMethod, impl: AnyImpl, opt
 function asBuffer(u: Uint8Array): Buffer {
   return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 }
+
+/** A cancellation this close to the call's deadline is reported as the deadline. */
+const DEADLINE_SLACK_MS = 100;
 
 /** What writing one response message did (see the server-streaming write loop). */
 type Step = "done" | "gone" | "wrote" | "full";
