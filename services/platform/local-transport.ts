@@ -1,4 +1,5 @@
 import { create, toBinary, type DescMessage, type DescMethod, type DescMethodStreaming, type DescMethodUnary, type DescService } from "@bufbuild/protobuf";
+import { raceSignal } from "./abort.js";
 import {
   Code,
   ConnectError,
@@ -242,24 +243,3 @@ function callerError(err: unknown, ctx: { signal: AbortSignal; values: ContextVa
   return out;
 }
 
-/** The promise, or the signal's reason as soon as it aborts (how a network transport stops waiting). */
-function raceSignal<T>(signal: AbortSignal, promise: Promise<T>): Promise<T> {
-  if (signal.aborted) {
-    promise.catch(() => {});
-    return Promise.reject(signal.reason);
-  }
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(
-      (v) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(e);
-      },
-    );
-  });
-}

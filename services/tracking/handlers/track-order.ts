@@ -1,4 +1,5 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { raceSignal } from "../../platform/abort.js";
 import { timestampMs, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Client, type HandlerContext } from "@connectrpc/connect";
 import type { Event } from "../../../gen/dabba/events/v1/events_pb.js";
@@ -236,7 +237,7 @@ export function trackOrder(deps: TrackOrderDeps) {
     let timer: NodeJS.Timeout | undefined;
     try {
       try {
-        await untilAborted(watch.ready, signal);
+        await raceSignal(signal, watch.ready);
       } catch (err) {
         if (signal.aborted) throw new ConnectError("stream cancelled", Code.Canceled);
         deps.logger.warn({ err, orderId }, "tracking channel subscribe failed");
@@ -486,27 +487,6 @@ function locationMsg(s: PositionSignal): Resp {
   }));
 }
 
-/** The promise, or a rejection as soon as the signal aborts (the promise keeps running; its outcome is ignored). */
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) {
-    promise.catch(() => {});
-    return Promise.reject(signal.reason);
-  }
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(
-      (v) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(e);
-      },
-    );
-  });
-}
 
 /** Whether the caller may watch the order: its customer, its restaurant, ops, services. */
 function maySee(p: Principal, order: Order): boolean {
