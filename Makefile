@@ -34,11 +34,16 @@ migrate: ## run every service's migrations against DATABASE_URL (or the embedded
 seed: ## load a generated city (SEED=42 RESTAURANTS=5000)
 	npm run seed -- --seed $${SEED:-42} --restaurants $${RESTAURANTS:-5000}
 
-bench: ## run the benchmarks (orders, search) against real Postgres
+bench: ## run the benchmarks (orders, search, ingest, tracking) against real Postgres and Redis, one at a time
 	npm run bench -- orders
 	npm run bench -- search
+	npm run bench -- ingest
+	npm run bench -- tracking
+
+simulate: ## stream simulated drivers to a running dabba (DRIVERS=50 SECONDS=60 BAD_RATIO=0)
+	npm run simulate -- --drivers $${DRIVERS:-50} --seconds $${SECONDS:-60} --bad-ratio $${BAD_RATIO:-0}
 
 token: ## print a token (ROLE=customer SUB=c1 RESTAURANT=)
 	npm run --silent token -- --role $${ROLE:-customer} --sub $${SUB:-c1} $${RESTAURANT:+--restaurant $$RESTAURANT}
 
-.PHONY: help install run generate lint baseline test ci migrate seed bench token
+.PHONY: help install run generate lint baseline test ci migrate seed bench simulate token
