@@ -40,8 +40,8 @@ bench: ## run the benchmarks (orders, search, ingest, tracking) against real Pos
 	npm run bench -- ingest
 	npm run bench -- tracking
 
-simulate: ## stream simulated drivers to a running dabba (DRIVERS=50 SECONDS=60 BAD_RATIO=0)
-	npm run simulate -- --drivers $${DRIVERS:-50} --seconds $${SECONDS:-60} --bad-ratio $${BAD_RATIO:-0}
+simulate: ## stream simulated drivers to a running dabba (DRIVERS=50 DURATION=60 BAD_RATIO=0)
+	npm run simulate -- --drivers $${DRIVERS:-50} --seconds $${DURATION:-60} --bad-ratio $${BAD_RATIO:-0}
 
 token: ## print a token (ROLE=customer SUB=c1 RESTAURANT=)
 	npm run --silent token -- --role $${ROLE:-customer} --sub $${SUB:-c1} $${RESTAURANT:+--restaurant $$RESTAURANT}
