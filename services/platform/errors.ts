@@ -1,4 +1,5 @@
 import type { DescService } from "@bufbuild/protobuf";
+import { observeStream } from "./abort.js";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 
 /** Base class of typed domain errors; mapped to gRPC codes in one place (toConnectError). */
@@ -70,13 +71,7 @@ export function withMappedErrors<T extends DescService>(desc: T, impl: ServiceIm
     };
     out[method.localName] =
       method.methodKind === "server_streaming" || method.methodKind === "bidi_streaming"
-        ? async function* (req: unknown, ctx: HandlerContext) {
-            try {
-              yield* fn(req, ctx) as AsyncIterable<unknown>;
-            } catch (err) {
-              throw mapped(err);
-            }
-          }
+        ? (req: unknown, ctx: HandlerContext) => observeStream(fn(req, ctx) as AsyncIterable<unknown>, { error: mapped })
         : async (req: unknown, ctx: HandlerContext) => {
             try {
               return await fn(req, ctx);

@@ -1,4 +1,5 @@
 import * as http2 from "node:http2";
+import { observeStream } from "./abort.js";
 import * as http from "node:http";
 import * as net from "node:net";
 import * as grpc from "@grpc/grpc-js";
@@ -311,15 +312,7 @@ export function errorInterceptor(logger: Logger): Interceptor {
       throw map(err, rpc);
     }
     if (!res.stream) return res;
-    const messages = res.message;
-    async function* mapped() {
-      try {
-        yield* messages;
-      } catch (err) {
-        throw map(err, rpc);
-      }
-    }
-    return { ...res, message: mapped() } as StreamResponse;
+    return { ...res, message: observeStream(res.message, { error: (err) => map(err, rpc) }) } as StreamResponse;
   };
 }
 

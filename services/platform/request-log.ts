@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { Code, ConnectError, createContextKey, type Interceptor, type StreamResponse } from "@connectrpc/connect";
+import { observeStream } from "./abort.js";
 import { toConnectError } from "./errors.js";
 import { createLogger, type Logger } from "./logger.js";
 
@@ -57,21 +58,14 @@ export function loggingInterceptor(logger: Logger): Interceptor {
       finish(0);
       return res;
     }
-    const messages = res.message;
-    async function* logStream() {
-      let completed = false;
-      try {
-        yield* messages;
-        completed = true;
-      } catch (err) {
+    const message = observeStream(res.message, {
+      error: (err) => {
         finish(failed(err));
-        throw err;
-      } finally {
-        // Stopped early without an error: the client went away or the deadline passed.
-        if (!completed) finish(req.signal.aborted ? ConnectError.from(req.signal.reason).code : Code.Canceled);
-        else finish(0);
-      }
-    }
-    return { ...res, message: logStream() } as StreamResponse;
+        return err;
+      },
+      // Stopped early without an error: the client went away or the deadline passed.
+      end: (completed) => finish(completed ? 0 : req.signal.aborted ? ConnectError.from(req.signal.reason).code : Code.Canceled),
+    });
+    return { ...res, message } as StreamResponse;
   };
 }
