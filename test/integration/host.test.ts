@@ -39,6 +39,7 @@ import { createHost, type Host } from "../../services/platform/host.js";
 import type { Logger } from "../../services/platform/logger.js";
 import { loggerKey, loggingInterceptor, requestIdKey } from "../../services/platform/request-log.js";
 import type { ServiceModule, ServiceName } from "../../services/platform/service.js";
+import { expectCode } from "../helpers/expect.js";
 
 const execFileAsync = promisify(execFile);
 const ECHO = "dabba.echo.v1.EchoService";
@@ -300,16 +301,6 @@ function grpcJsCaller(port: number): Caller {
   };
 }
 
-async function expectCode(p: Promise<unknown>, code: Code): Promise<ConnectError> {
-  try {
-    await p;
-  } catch (err) {
-    const ce = ConnectError.from(err);
-    assert.equal(Code[ce.code], Code[code], `expected ${Code[code]}, got ${Code[ce.code]}: ${ce.message}`);
-    return ce;
-  }
-  assert.fail(`expected ${Code[code]}, call succeeded`);
-}
 
 // --- tests ------------------------------------------------------------------------------------
 

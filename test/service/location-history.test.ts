@@ -16,6 +16,7 @@ import { createLogger } from "../../services/platform/logger.js";
 import { requireReal } from "../helpers/backends.js";
 import { createRunDatabase } from "../helpers/run-database.js";
 import { until } from "../helpers/wait.js";
+import { expectCode } from "../helpers/expect.js";
 
 const DAY = 86_400_000;
 const logger = createLogger("silent");
@@ -85,18 +86,6 @@ async function count(db: Db): Promise<number> {
   return rows[0]!.n;
 }
 
-async function expectCode(p: Promise<unknown>, code: Code, message?: RegExp): Promise<void> {
-  let err: unknown;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  assert.ok(err, `expected ${Code[code]}, but the call succeeded`);
-  const ce = ConnectError.from(err);
-  assert.equal(Code[ce.code], Code[code], ce.message);
-  if (message) assert.match(ce.rawMessage, message);
-}
 
 for (const kind of ["embedded", "real"] as const) {
   describe(`LocationHistory (${kind === "real" ? "Postgres" : "PGlite"})`, function () {

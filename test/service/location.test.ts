@@ -21,6 +21,7 @@ import { createGrpcJsTransport } from "../helpers/grpc-js-transport.js";
 import { offsetMetres, pushStream } from "../helpers/push-stream.js";
 import { createRunDatabase } from "../helpers/run-database.js";
 import { until } from "../helpers/wait.js";
+import { expectCode } from "../helpers/expect.js";
 
 type ReportMsg = MessageInitShape<typeof ReportLocationsRequestSchema>;
 /** A Ping as the clients accept it (fields may be missing: bad pings). */
@@ -167,14 +168,6 @@ function show(v: unknown): string {
   return JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? `${x}n` : x));
 }
 
-async function expectCode(p: Promise<unknown>, code: Code, re?: RegExp): Promise<void> {
-  await assert.rejects(p, (err: unknown) => {
-    const e = ConnectError.from(err);
-    assert.equal(e.code, code, `${Code[e.code]}: ${e.rawMessage}`);
-    if (re) assert.match(e.rawMessage, re);
-    return true;
-  });
-}
 
 for (const backend of ["embedded", "real"] as const) {
   describe(`LocationService ingestion (${backend} storage)`, function () {

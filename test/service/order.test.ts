@@ -19,6 +19,7 @@ import type { ServiceDeps, ServiceModule } from "../../services/platform/service
 import { redisUrl, requireReal, uniqueId } from "../helpers/backends.js";
 import { fixtureRestaurant } from "../helpers/fixtures.js";
 import { createRunDatabase } from "../helpers/run-database.js";
+import { expectCode } from "../helpers/expect.js";
 
 // ---------------------------------------------------------------------------------------------
 // Environment: the real catalog and the order service behind the auth interceptor, over a
@@ -112,19 +113,6 @@ async function openEnv(kind: "embedded" | "real", overrides: Partial<Config["ord
   }
 }
 
-async function expectCode(p: Promise<unknown>, code: Code, message?: RegExp): Promise<ConnectError> {
-  let err: unknown;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  assert.ok(err, `expected ${Code[code]}, but the call succeeded`);
-  const ce = ConnectError.from(err);
-  assert.equal(Code[ce.code], Code[code], ce.message);
-  if (message) assert.match(ce.rawMessage, message);
-  return ce;
-}
 
 function auth(token: string, headers: Record<string, string> = {}): CallOptions {
   return { headers: { authorization: `Bearer ${token}`, ...headers } };
