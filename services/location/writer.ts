@@ -3,7 +3,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { DriverPositionSchema } from "../../gen/dabba/location/v1/location_pb.js";
 import type { LocationConfig } from "../platform/config.js";
 import type { Logger } from "../platform/logger.js";
-import type { BatchOp, GeoItem, RedisPorts } from "../platform/redis.js";
+import type { BatchOp, RedisPorts } from "../platform/redis.js";
 import { encodePosition, trackingChannel } from "../tracking/channel.js";
 import { cityGeoKey, driverFixKey } from "./keys.js";
 import type { AcceptedFix, ActiveOrders, HistorySink } from "./types.js";
@@ -103,16 +103,12 @@ export function createTickWriter(opts: {
 
   function buildOps(tick: Tick): BatchOp[] {
     const ops: BatchOp[] = [];
-    const geo = new Map<string, GeoItem[]>();
     const removals = new Map<string, string[]>();
-    const hsets: BatchOp[] = [];
+    const fixes: BatchOp[] = [];
     const publishes: BatchOp[] = [];
     const ttlMs = config.fixTtlMs;
     for (const f of tick.latest.values()) {
       const id = f.driverId;
-      let items = geo.get(f.city);
-      if (!items) geo.set(f.city, (items = []));
-      items.push({ member: id, lng: f.lng, lat: f.lat });
       const prevCity = cityOf.get(id);
       if (prevCity !== undefined && prevCity !== f.city) {
         let rm = removals.get(prevCity);
@@ -121,8 +117,10 @@ export function createTickWriter(opts: {
       }
       cityOf.set(id, f.city);
       // Field names are a contract with tracking and FindNearbyDrivers (keys.ts driverFixKey).
-      hsets.push({
-        op: "hset",
+      // Written only if newer than what the hash holds: another process streaming the same
+      // driver (a reconnect that landed elsewhere) may have written a newer fix meanwhile.
+      fixes.push({
+        op: "fix",
         key: driverFixKey(id),
         fields: {
           lat: String(f.lat),
@@ -136,6 +134,11 @@ export function createTickWriter(opts: {
           recv: String(f.receivedAtMs),
         },
         ttlMs,
+        orderField: "at",
+        geoKey: cityGeoKey(f.city),
+        member: id,
+        lng: f.lng,
+        lat: f.lat,
       });
       const assignment = activeOrders.get(id);
       if (assignment) {
@@ -156,8 +159,7 @@ export function createTickWriter(opts: {
       }
     }
     for (const [city, members] of removals) ops.push({ op: "georemove", key: cityGeoKey(city), members });
-    for (const [city, items] of geo) ops.push({ op: "geoadd", key: cityGeoKey(city), items });
-    for (const op of hsets) ops.push(op);
+    for (const op of fixes) ops.push(op);
     // Positions go out after the state they describe is readable.
     for (const op of publishes) ops.push(op);
     return ops;

@@ -36,11 +36,23 @@ export function createMemoryRedis(opts: { keyPrefix?: string } = {}): RedisPorts
     async batch(ops) {
       // Validate everything first so a bad op fails the batch before any write, like a
       // pipeline whose commands all reached Redis; then apply in order.
-      for (const o of ops) if (o.op === "geoadd") for (const it of o.items) checkLngLat(it.lng, it.lat);
+      for (const o of ops) {
+        if (o.op === "geoadd") for (const it of o.items) checkLngLat(it.lng, it.lat);
+        else if (o.op === "fix") {
+          checkLngLat(o.lng, o.lat);
+          if (!Number.isFinite(Number(o.fields[o.orderField] ?? NaN))) throw new Error(`batch fix op: fields.${o.orderField} must be a number`);
+        }
+      }
       for (const o of ops) {
         if (o.op === "geoadd") await geo.add(o.key, o.items);
         else if (o.op === "georemove") for (const m of o.members) await geo.remove(o.key, m);
         else if (o.op === "hset") await kv.hset(o.key, o.fields, { ttlMs: o.ttlMs });
+        else if (o.op === "fix") {
+          const current = (await kv.hgetall(o.key))[o.orderField];
+          if (current !== undefined && Number(current) >= Number(o.fields[o.orderField])) continue;
+          await kv.hset(o.key, o.fields, { ttlMs: o.ttlMs });
+          await geo.add(o.geoKey, [{ member: o.member, lng: o.lng, lat: o.lat }]);
+        }
         else await channels.publish(o.channel, o.data);
       }
     },

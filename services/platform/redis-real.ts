@@ -423,8 +423,10 @@ return 0
  * (measured with 2,000 fixes per call). The writes run in order; an error stops the script and
  * keeps the writes before it (no rollback), as a failed pipeline command would.
  *
- * KEYS: the key of every geoadd / georemove / hset op, in op order. ARGV, per op:
+ * KEYS: the key of every geoadd / georemove / hset op and the hash and geo keys of every fix op,
+ * in op order. ARGV, per op:
  *   G <n> <lng> <lat> <member> ... | R <n> <member> ... | H <ttlMs or ""> <n> <field> <value> ... | P <channel> <data>
+ *   | F <ttlMs> <orderField> <orderValue> <lng> <lat> <member> <n> <field> <value> ...
  */
 const BATCH_LUA = `
 local k, i, n = 0, 1, #ARGV
@@ -447,6 +449,17 @@ while i <= n do
     redis.call('HSET', KEYS[k], unpack(ARGV, i + 3, i + 2 + c * 2))
     if ttl ~= '' then redis.call('PEXPIRE', KEYS[k], ttl) end
     i = i + 3 + c * 2
+  elseif op == 'F' then
+    local hk, gk = KEYS[k + 1], KEYS[k + 2]
+    k = k + 2
+    local c = tonumber(ARGV[i + 7])
+    local current = tonumber(redis.call('HGET', hk, ARGV[i + 2]))
+    if current == nil or current < tonumber(ARGV[i + 3]) then
+      redis.call('HSET', hk, unpack(ARGV, i + 8, i + 7 + c * 2))
+      redis.call('PEXPIRE', hk, ARGV[i + 1])
+      redis.call('GEOADD', gk, ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
+    end
+    i = i + 8 + c * 2
   elseif op == 'P' then
     redis.call('PUBLISH', ARGV[i + 1], ARGV[i + 2])
     i = i + 3
@@ -501,6 +514,13 @@ export function batchCalls(ops: readonly BatchOp[], prefix: string): BatchCall[]
         args.push("H", last && o.ttlMs !== undefined ? String(o.ttlMs) : "", String(chunk.length));
         for (const [f, v] of chunk) args.push(f, v);
       }
+    } else if (o.op === "fix") {
+      const entries = Object.entries(o.fields);
+      const order = o.fields[o.orderField];
+      if (order === undefined || !Number.isFinite(Number(order))) throw new Error(`batch fix op: fields.${o.orderField} must be a number`);
+      keys.push(prefix + o.key, prefix + o.geoKey);
+      args.push("F", String(o.ttlMs), o.orderField, order, String(o.lng), String(o.lat), o.member, String(entries.length));
+      for (const [f, v] of entries) args.push(f, v);
     } else {
       args.push("P", prefix + o.channel, toBuffer(o.data));
     }

@@ -112,7 +112,13 @@ export type BatchOp =
   | { op: "georemove"; key: string; members: string[] }
   /** HSET; with ttlMs the key's TTL is (re)set to it. */
   | { op: "hset"; key: string; fields: Record<string, string>; ttlMs?: number }
-  | { op: "publish"; channel: string; data: Uint8Array };
+  | { op: "publish"; channel: string; data: Uint8Array }
+  /**
+   * A position report: HSET of the hash (TTL reset to ttlMs) and GEOADD of member, both skipped
+   * when the hash already holds orderField >= the new value (numbers): a newer report written
+   * meanwhile (say by another process) is never overwritten by an older one.
+   */
+  | { op: "fix"; key: string; fields: Record<string, string>; ttlMs: number; orderField: string; geoKey: string; member: string; lng: number; lat: number };
 
 export interface RedisPorts {
   kind: "redis" | "memory";

@@ -375,6 +375,28 @@ for (const impl of ["memory", "redis"] as const) {
         assert.equal(Object.keys(await r.kv.hgetall("b:wide")).length, 1500);
       });
 
+      it("writes a fix only when it is newer than the one stored (hash and geo together)", async () => {
+        const fix = (at: number, lat: number) => ({
+          op: "fix" as const,
+          key: "b:fix:d1",
+          fields: { lat: String(lat), lng: "77.6", at: String(at) },
+          ttlMs: 60_000,
+          orderField: "at",
+          geoKey: "b:fix-geo",
+          member: "d1",
+          lng: 77.6,
+          lat,
+        });
+        await r.batch([fix(2000, 12.97)]);
+        await r.batch([fix(1000, 12.9), fix(2000, 12.91)]); // older, then equal: both skipped
+        assert.deepEqual(await r.kv.hgetall("b:fix:d1"), { lat: "12.97", lng: "77.6", at: "2000" });
+        assert.deepEqual((await r.geo.search("b:fix-geo", { lng: 77.6, lat: 12.97, radiusKm: 0.1 })).map((h) => h.member), ["d1"]);
+        await r.batch([fix(3000, 12.98)]);
+        assert.equal((await r.kv.hgetall("b:fix:d1")).at, "3000");
+        assert.deepEqual((await r.geo.search("b:fix-geo", { lng: 77.6, lat: 12.98, radiusKm: 0.1 })).map((h) => h.member), ["d1"]);
+        await assert.rejects(r.batch([{ ...fix(4000, 12.99), fields: { lat: "12.99" } }]), /fields.at must be a number/);
+      });
+
       it("takes a tick of 20,000 drivers' writes in one call", async () => {
         const n = 20_000;
         const ops: BatchOp[] = [];

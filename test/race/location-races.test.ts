@@ -7,8 +7,13 @@ import type { LocationModule } from "../../services/location/index.js";
 import { cityGeoKey, driverFixKey } from "../../services/location/keys.js";
 import { defaultLocationConfig } from "../../services/platform/config.js";
 import { uniqueId } from "../helpers/backends.js";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createMesh } from "../../services/mesh.js";
+import { bearer } from "../../services/platform/auth.js";
 import { startTestMesh, type TestMesh } from "../helpers/mesh.js";
-import { offsetMetres } from "../helpers/push-stream.js";
+import { offsetMetres, pushStream } from "../helpers/push-stream.js";
+import { until } from "../helpers/wait.js";
 
 type ReportMsg = MessageInitShape<typeof ReportLocationsRequestSchema>;
 type PingInit = NonNullable<ReportMsg["pings"]>[number];
@@ -118,6 +123,52 @@ describe("location ingestion under concurrent streams of the same drivers (Postg
         from location_history where driver_id = ${drv.id}`.execute(t.mesh.db.kysely);
       assert.equal(rows.rows[0]!.n, accepted, `${drv.id}: one history row per accepted fix`);
       assert.equal(rows.rows[0]!.distinct_at, accepted, `${drv.id}: no fix stored twice`);
+    }
+  });
+
+  it("never lets a second process overwrite a driver's newer fix with an older one", async () => {
+    // A second location process on the same Postgres and Redis (a driver's reconnect landed there
+    // while its old stream was still open). Process B writes the newest fixes first; process A,
+    // which knows nothing of them, then accepts older ones: the live state must stay at B's newest.
+    const second = await createMesh({ ...t.config, port: 0, webPort: 0 }, { db: t.mesh.db, redis: t.mesh.redis, logger: t.mesh.logger });
+    const { port } = await second.start();
+    try {
+      const driverId = `race-two-${uniqueId()}`;
+      const token = await t.token("driver", driverId);
+      const viaA = createClient(LocationService, t.transport("connect-grpc"));
+      const viaB = createClient(LocationService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}`, interceptors: [bearer(token)] }));
+      const end = Date.now() - 1000;
+      const fix = (i: number, seq: number): PingInit => ({
+        location: offsetMetres(START, i * 8, 0),
+        accuracyM: 5,
+        speedMps: 8,
+        headingDeg: 0,
+        deviceTime: timestampFromMs(end - (20 - i) * 1000),
+        sequence: BigInt(seq),
+      });
+      async function* send(idx: number[]): AsyncIterable<ReportMsg> {
+        let seq = 0;
+        for (const i of idx) yield { pings: [fix(i, ++seq)] };
+      }
+      // A's stream is open (its state loaded, first fix written) before B starts.
+      const aStream = pushStream<ReportMsg>();
+      const aSummary = viaA.reportLocations(aStream, { headers: { authorization: `Bearer ${token}` } });
+      aStream.push({ pings: [fix(0, 1)] });
+      await until(async () => (await t.mesh.redis.kv.hgetall(driverFixKey(driverId))).seq === "1", 10_000, "A's first fix written");
+      const b = await viaB.reportLocations(send([10, 12, 14, 16, 18, 20]));
+      assert.equal(b.accepted, 6n);
+      let seq = 1;
+      for (const i of [1, 3, 5, 7, 9, 11, 13, 15, 17, 19]) aStream.push({ pings: [fix(i, ++seq)] });
+      aStream.end();
+      const a = await aSummary;
+      assert.equal(a.accepted, 11n, "process A cannot know of B's fixes and accepts its own");
+      const live = await t.mesh.redis.kv.hgetall(driverFixKey(driverId));
+      assert.equal(Number(live.at), end, "the live fix is still the newest (B's last)");
+      const newest = offsetMetres(START, 20 * 8, 0);
+      const hits = await t.mesh.redis.geo.search(cityGeoKey("bengaluru"), { ...newest, radiusKm: 0.005 });
+      assert.ok(hits.some((h) => h.member === driverId), "the geo index is at the newest position too");
+    } finally {
+      await second.stop();
     }
   });
 });

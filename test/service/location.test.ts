@@ -553,14 +553,14 @@ describe("location tick writer", () => {
     const first = w.submit([fix("a", 1), fix("a", 2), fix("b", 1)]).then(() => (firstDone = true));
     await until(() => batches.length === 1, 2000, "first batch");
     const ops = batches[0]!.ops;
-    const geo = ops.filter((o) => o.op === "geoadd");
-    assert.equal(geo.length, 1, "one GEOADD per city");
-    assert.deepEqual(geo[0]!.op === "geoadd" && geo[0]!.items.map((i) => i.member).sort(), ["a", "b"]);
-    const hsets = ops.filter((o) => o.op === "hset");
-    assert.equal(hsets.length, 2);
-    const aSet = hsets.find((o) => o.op === "hset" && o.key === driverFixKey("a"));
-    assert.equal(aSet?.op === "hset" && aSet.fields.seq, "2", "newest fix of the driver");
-    assert.equal(aSet?.op === "hset" && aSet.ttlMs, cfg.fixTtlMs);
+    const fixOps = ops.flatMap((o) => (o.op === "fix" ? [o] : []));
+    assert.equal(fixOps.length, 2, "one conditional fix write per driver");
+    assert.deepEqual(fixOps.map((o) => o.member).sort(), ["a", "b"]);
+    const aSet = fixOps.find((o) => o.key === driverFixKey("a"));
+    assert.equal(aSet?.fields.seq, "2", "newest fix of the driver");
+    assert.equal(aSet?.ttlMs, cfg.fixTtlMs);
+    assert.equal(aSet?.orderField, "at", "never overwrites a newer fix");
+    assert.equal(aSet?.geoKey, cityGeoKey("bengaluru"));
 
     // While the batch is in flight, more submits wait and no second batch is sent.
     let secondDone = false;
