@@ -2,7 +2,7 @@ import type { LocationConfig } from "../platform/config.js";
 import type { Logger } from "../platform/logger.js";
 import type { RedisPorts } from "../platform/redis.js";
 import { bucketRefillMs, newDriverTrack, type DriverTrack, type LastFix, type StreamTrack } from "./domain.js";
-import { driverFixKey, spoofCountKey } from "./keys.js";
+import { driverFixKey, readFixHash, spoofCountKey } from "./keys.js";
 import type { ActiveOrders } from "./types.js";
 import type { TickWriter } from "./writer.js";
 
@@ -130,11 +130,7 @@ export function createIngest(opts: {
 
 /** The rules' view of a driver-fix hash; undefined when missing or malformed. */
 export function parseLastFix(h: Record<string, string>): LastFix | undefined {
-  if (h.lat === undefined || h.lng === undefined || h.at === undefined || h.city === undefined) return undefined;
-  const lat = Number(h.lat);
-  const lng = Number(h.lng);
-  const deviceTimeMs = Number(h.at);
-  const accuracyM = h.acc === undefined ? 0 : Number(h.acc);
-  if (![lat, lng, deviceTimeMs, accuracyM].every(Number.isFinite)) return undefined;
-  return { lat, lng, accuracyM, deviceTimeMs, city: h.city };
+  const f = readFixHash(h);
+  if (!f || h.city === undefined) return undefined;
+  return { lat: f.lat, lng: f.lng, accuracyM: f.accuracyM, deviceTimeMs: f.atMs, city: f.city };
 }

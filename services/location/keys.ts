@@ -1,3 +1,5 @@
+import type { AcceptedFix } from "./types.js";
+
 /**
  * Redis names owned by the location service. Every process of every service that reads them
  * goes through these functions, so a key's shape lives in one place.
@@ -15,6 +17,52 @@ export function cityGeoKey(city: string): string {
  */
 export function driverFixKey(driverId: string): string {
   return `driver-fix:${driverId}`;
+}
+
+/** A driver's last fix as read back from driverFixKey. */
+export interface StoredFix {
+  lat: number;
+  lng: number;
+  accuracyM: number;
+  speedMps: number;
+  headingDeg: number;
+  /** Device time, epoch ms. */
+  atMs: number;
+  /** Configured city the fix was indexed under ("" if absent). */
+  city: string;
+}
+
+/** The fields of driverFixKey for an accepted fix: the one writer of the hash's shape. */
+export function fixHashFields(f: AcceptedFix): Record<string, string> {
+  return {
+    lat: String(f.lat),
+    lng: String(f.lng),
+    acc: String(f.accuracyM),
+    speed: String(f.speedMps),
+    heading: String(f.headingDeg),
+    at: String(f.deviceTimeMs),
+    seq: String(f.sequence),
+    city: f.city,
+    recv: String(f.receivedAtMs),
+  };
+}
+
+/** Reads a driverFixKey hash; undefined when it is missing (expired) or lacks a usable position and time. */
+export function readFixHash(h: Record<string, string>): StoredFix | undefined {
+  if (h.lat === undefined || h.lng === undefined || h.at === undefined) return undefined;
+  const lat = Number(h.lat);
+  const lng = Number(h.lng);
+  const atMs = Number(h.at);
+  if (!Number.isFinite(lat) || !Number.isFinite(lng) || !Number.isFinite(atMs)) return undefined;
+  return {
+    lat,
+    lng,
+    atMs,
+    accuracyM: Number(h.acc) || 0,
+    speedMps: Number(h.speed) || 0,
+    headingDeg: Number(h.heading) || 0,
+    city: h.city ?? "",
+  };
 }
 
 /**

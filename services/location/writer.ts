@@ -5,7 +5,7 @@ import type { LocationConfig } from "../platform/config.js";
 import type { Logger } from "../platform/logger.js";
 import type { BatchOp, RedisPorts } from "../platform/redis.js";
 import { encodePosition, trackingChannel } from "../tracking/channel.js";
-import { cityGeoKey, driverFixKey } from "./keys.js";
+import { cityGeoKey, driverFixKey, fixHashFields } from "./keys.js";
 import type { AcceptedFix, ActiveOrders, HistorySink } from "./types.js";
 
 /** Collects accepted fixes from every stream and writes them to Redis once per tick. */
@@ -116,23 +116,12 @@ export function createTickWriter(opts: {
         rm.push(id);
       }
       cityOf.set(id, f.city);
-      // Field names are a contract with tracking and FindNearbyDrivers (keys.ts driverFixKey).
       // Written only if newer than what the hash holds: another process streaming the same
       // driver (a reconnect that landed elsewhere) may have written a newer fix meanwhile.
       fixes.push({
         op: "fix",
         key: driverFixKey(id),
-        fields: {
-          lat: String(f.lat),
-          lng: String(f.lng),
-          acc: String(f.accuracyM),
-          speed: String(f.speedMps),
-          heading: String(f.headingDeg),
-          at: String(f.deviceTimeMs),
-          seq: String(f.sequence),
-          city: f.city,
-          recv: String(f.receivedAtMs),
-        },
+        fields: fixHashFields(f),
         ttlMs,
         orderField: "at",
         geoKey: cityGeoKey(f.city),

@@ -39,6 +39,17 @@ export function invalid(field: string, problem: string): ConnectError {
   return new ConnectError(`${field}: ${problem}`, Code.InvalidArgument);
 }
 
+/** Most characters (code points) in an id field. */
+export const ID_MAX_CHARS = 128;
+
+/** An id field: required, at most ID_MAX_CHARS characters (INVALID_ARGUMENT naming the field otherwise). */
+export function requireId(field: string, v: string): string {
+  if (v === "") throw invalid(field, "is required");
+  let n = 0;
+  for (const _ of v) if (++n > ID_MAX_CHARS) throw invalid(field, `must be at most ${ID_MAX_CHARS} characters`);
+  return v;
+}
+
 /**
  * Maps anything thrown by a handler to a ConnectError. ConnectErrors and domain errors keep
  * their code and message; anything else becomes INTERNAL with a generic message (the cause is

@@ -4,9 +4,9 @@ import type { HandlerContext } from "@connectrpc/connect";
 import { DriverPositionSchema, type DriverPosition } from "../../../gen/dabba/location/v1/location_pb.js";
 import type { GetDriverLocationRequest } from "../../../gen/dabba/location/v1/location_service_pb.js";
 import { principalOf } from "../../platform/auth.js";
-import { NotFoundError, invalid } from "../../platform/errors.js";
+import { NotFoundError, requireId } from "../../platform/errors.js";
 import type { RedisPorts } from "../../platform/redis.js";
-import { driverFixKey } from "../keys.js";
+import { driverFixKey, readFixHash } from "../keys.js";
 import type { ActiveOrders } from "../types.js";
 
 export interface GetDriverLocationDeps {
@@ -14,31 +14,20 @@ export interface GetDriverLocationDeps {
   activeOrders: ActiveOrders;
 }
 
-const ID_MAX = 128;
-
-/** Validates an id field: required, at most 128 characters. */
-export function requireId(field: string, v: string): string {
-  if (v === "") throw invalid(field, "is required");
-  if (v.length > ID_MAX) throw invalid(field, `must be at most ${ID_MAX} characters`);
-  return v;
-}
-
 /**
  * The DriverPosition of a driver-fix hash (keys.ts driverFixKey); undefined when the hash is
  * missing (expired: the driver is offline) or unreadable.
  */
 export function positionFromFix(driverId: string, h: Record<string, string>, distanceKm = 0): DriverPosition | undefined {
-  const lat = Number(h.lat);
-  const lng = Number(h.lng);
-  const at = Number(h.at);
-  if (h.lat === undefined || h.lng === undefined || !Number.isFinite(lat) || !Number.isFinite(lng) || !Number.isFinite(at)) return undefined;
+  const f = readFixHash(h);
+  if (!f) return undefined;
   return create(DriverPositionSchema, {
     driverId,
-    location: { lat, lng },
-    headingDeg: Number(h.heading) || 0,
-    speedMps: Number(h.speed) || 0,
-    accuracyM: Number(h.acc) || 0,
-    at: timestampFromMs(at),
+    location: { lat: f.lat, lng: f.lng },
+    headingDeg: f.headingDeg,
+    speedMps: f.speedMps,
+    accuracyM: f.accuracyM,
+    at: timestampFromMs(f.atMs),
     distanceKm,
   });
 }

@@ -5,11 +5,10 @@ import { LatLngSchema } from "../../../gen/dabba/common/v1/common_pb.js";
 import { DriverPositionSchema } from "../../../gen/dabba/location/v1/location_pb.js";
 import type { GetLocationHistoryRequest, GetLocationHistoryResponseSchema } from "../../../gen/dabba/location/v1/location_service_pb.js";
 import { requireRole } from "../../platform/auth.js";
-import { invalid } from "../../platform/errors.js";
+import { invalid, requireId } from "../../platform/errors.js";
 import type { LocationHistory } from "../history.js";
 
 export const HISTORY_LIMITS = Object.freeze({
-  driverIdMax: 128,
   /** Widest window one call may read (it spans at most 8 day partitions). */
   maxWindowMs: 7 * 86_400_000,
   limitDefault: 1000,
@@ -20,11 +19,6 @@ export const HISTORY_LIMITS = Object.freeze({
 const MIN_SECONDS = -62_135_596_800n;
 const MAX_SECONDS = 253_402_300_799n;
 
-function chars(s: string): number {
-  let n = 0;
-  for (const _ of s) n++;
-  return n;
-}
 
 /** A required, valid Timestamp as epoch ms (fractional below a millisecond). */
 function requireTime(field: string, ts: Timestamp | undefined): number {
@@ -42,8 +36,7 @@ export function getLocationHistory(history: LocationHistory) {
     ctx: HandlerContext,
   ): Promise<MessageInitShape<typeof GetLocationHistoryResponseSchema>> => {
     requireRole(ctx, "ops", "service");
-    if (req.driverId === "") throw invalid("driver_id", "is required");
-    if (chars(req.driverId) > HISTORY_LIMITS.driverIdMax) throw invalid("driver_id", `must be at most ${HISTORY_LIMITS.driverIdMax} characters`);
+    requireId("driver_id", req.driverId);
     const from = requireTime("from", req.from);
     const to = requireTime("to", req.to);
     if (!(from < to)) throw invalid("to", "must be after from");

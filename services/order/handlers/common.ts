@@ -3,7 +3,7 @@ import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { CatalogService, CartLine, PriceCartResponse } from "../../../gen/dabba/catalog/v1/catalog_service_pb.js";
 import type { DeliveryAddress } from "../../../gen/dabba/order/v1/order_pb.js";
 import type { Config } from "../../platform/config.js";
-import { invalid } from "../../platform/errors.js";
+import { invalid, requireId } from "../../platform/errors.js";
 import type { Logger } from "../../platform/logger.js";
 import type { RedisPorts } from "../../platform/redis.js";
 import { principalOf } from "../../platform/auth.js";
@@ -30,7 +30,6 @@ export function restaurantChannel(restaurantId: string): string {
 // Validation: INVALID_ARGUMENT naming the field; nothing is written before it passes.
 
 export const LIMITS = Object.freeze({
-  idMax: 128,
   maxLines: 50,
   maxQuantity: 99,
   maxOptionsPerLine: 20,
@@ -52,11 +51,7 @@ function chars(s: string): number {
   return n;
 }
 
-export function requireId(field: string, v: string): string {
-  if (v === "") throw invalid(field, "is required");
-  if (chars(v) > LIMITS.idMax) throw invalid(field, `must be at most ${LIMITS.idMax} characters`);
-  return v;
-}
+export { requireId };
 
 export function boundedText(field: string, v: string, max: number, required = false): string {
   if (required && v.trim() === "") throw invalid(field, "is required");

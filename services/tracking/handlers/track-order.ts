@@ -7,10 +7,10 @@ import type { DriverPosition } from "../../../gen/dabba/location/v1/location_pb.
 import { OrderStatus, TimelineEntrySchema, TimelineKind, type Order, type TimelineEntry } from "../../../gen/dabba/order/v1/order_pb.js";
 import type { OrderService } from "../../../gen/dabba/order/v1/order_service_pb.js";
 import { TrackOrderResponseSchema, type TrackOrderRequest, type TrackOrderResponse } from "../../../gen/dabba/tracking/v1/tracking_service_pb.js";
-import { driverFixKey, driverProfileKey } from "../../location/keys.js";
+import { driverFixKey, driverProfileKey, readFixHash } from "../../location/keys.js";
 import { principalOf, type Principal } from "../../platform/auth.js";
 import type { TrackingConfig } from "../../platform/config.js";
-import { NotFoundError, PermissionError, UnavailableError, invalid } from "../../platform/errors.js";
+import { NotFoundError, PermissionError, UnavailableError, invalid, requireId, ID_MAX_CHARS } from "../../platform/errors.js";
 import type { Logger } from "../../platform/logger.js";
 import type { RedisPorts } from "../../platform/redis.js";
 import type { PositionSignal, TrackingSignal } from "../channel.js";
@@ -32,7 +32,6 @@ export interface TrackOrderDeps {
 export const OPENING_CONCURRENCY = 64;
 /** Status events a slow watcher may have queued before its stream is ended (it resumes with last_event_id). */
 export const MAX_QUEUED_EVENTS = 256;
-const ID_MAX = 128;
 const NOT_FOUND = "order not found";
 
 /** Event payloads that are timeline entries (status changes and driver assignments). */
@@ -57,7 +56,7 @@ export function parseLastEventId(orderId: string, lastEventId: string): bigint |
   if (lastEventId === "") return undefined;
   const dash = lastEventId.lastIndexOf("-");
   const digits = dash > 0 ? lastEventId.slice(dash + 1) : "";
-  if (lastEventId.length > ID_MAX + 21 || !/^[0-9]{1,18}$/.test(digits)) {
+  if (lastEventId.length > ID_MAX_CHARS + 21 || !/^[0-9]{1,18}$/.test(digits)) {
     throw invalid("last_event_id", 'must be an event id "<order_id>-<sequence>" from this stream');
   }
   if (lastEventId.slice(0, dash) !== orderId) throw invalid("last_event_id", "belongs to another order");
@@ -224,9 +223,7 @@ export function trackOrder(deps: TrackOrderDeps) {
   return async function* (req: TrackOrderRequest, ctx: HandlerContext): AsyncGenerator<Resp> {
     const principal = principalOf(ctx);
     if (principal.role === "driver") throw new PermissionError("role driver may not track orders");
-    const orderId = req.orderId;
-    if (orderId === "") throw invalid("order_id", "is required");
-    if ([...orderId].length > ID_MAX) throw invalid("order_id", `must be at most ${ID_MAX} characters`);
+    const orderId = requireId("order_id", req.orderId);
     const resumeAfter = parseLastEventId(orderId, req.lastEventId);
     const signal = ctx.signal;
 
@@ -533,14 +530,10 @@ async function buildSnapshot(
   if (order.driverId !== "") {
     const [profile, fix] = await deps.redis.hgetallMany([driverProfileKey(order.driverId), driverFixKey(order.driverId)]);
     value.driver = { driverId: order.driverId, name: profile?.name ?? "", vehicle: profile?.vehicle ?? "" };
-    if (!terminal && fix) {
-      const lat = Number(fix.lat);
-      const lng = Number(fix.lng);
-      if (fix.lat !== undefined && fix.lng !== undefined && Number.isFinite(lat) && Number.isFinite(lng)) {
-        value.driverLocation = { lat, lng };
-        const at = Number(fix.at);
-        if (Number.isFinite(at)) positionAt = at;
-      }
+    const last = !terminal && fix ? readFixHash(fix) : undefined;
+    if (last) {
+      value.driverLocation = { lat: last.lat, lng: last.lng };
+      positionAt = last.atMs;
     }
   }
   return { value, positionAt };
