@@ -34,11 +34,13 @@ migrate: ## run every service's migrations against DATABASE_URL (or the embedded
 seed: ## load a generated city (SEED=42 RESTAURANTS=5000)
 	npm run seed -- --seed $${SEED:-42} --restaurants $${RESTAURANTS:-5000}
 
-bench: ## run the benchmarks (orders, search, ingest, tracking) against real Postgres and Redis, one at a time
+bench: ## run the benchmarks (orders, search, ingest, tracking, dispatch, eta) against real Postgres and Redis, one at a time
 	npm run bench -- orders
 	npm run bench -- search
 	npm run bench -- ingest
 	npm run bench -- tracking
+	npm run bench -- dispatch
+	npm run bench -- eta
 
 simulate: ## stream simulated drivers to a running dabba (DRIVERS=50 DURATION=60 BAD_RATIO=0)
 	npm run simulate -- --drivers $${DRIVERS:-50} --seconds $${DURATION:-60} --bad-ratio $${BAD_RATIO:-0}

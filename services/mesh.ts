@@ -32,7 +32,7 @@ const SERVICE_TOKEN_TTL_S = 3600;
 /** Builds the services named in config.services with their dependencies. */
 export async function createMesh(config: Config, opts: { logger?: Logger; db?: Db; redis?: RedisPorts } = {}): Promise<Mesh> {
   const logger = opts.logger ?? createLogger(config.logLevel);
-  const db = opts.db ?? (await openDb({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, logger }));
+  const db = opts.db ?? (await openDb({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, poolSize: config.databasePoolSize, logger }));
   const redis = opts.redis ?? (await openRedis({ redisUrl: config.redisUrl, logger }));
   const verifier = await createVerifier(config.auth);
   const interceptors = [loggingInterceptor(logger), authInterceptor(verifier)];
@@ -75,13 +75,13 @@ export async function createMesh(config: Config, opts: { logger?: Logger; db?: D
     },
     async stop() {
       if (listening) await host.stop();
-      for (const m of started.reverse()) {
-        try {
-          await m.stop();
-        } catch (err) {
-          logger.error({ err, service: m.name }, "service stop failed");
-        }
-      }
+      // Together: each stop ends background loops (consumers wait out a blocking read of up to a
+      // second), and none needs another service's loops; in-process calls still work meanwhile.
+      await Promise.all(
+        started.splice(0).map((m) =>
+          m.stop().catch((err) => logger.error({ err, service: m.name }, "service stop failed")),
+        ),
+      );
       if (!opts.redis) await redis.close();
       if (!opts.db) await db.close();
     },

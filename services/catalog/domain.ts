@@ -42,7 +42,15 @@ export interface RestaurantInfo {
    * the offset updated twice a year (a one-row-per-city update); none of the seeded cities has DST.
    */
   utcOffsetMinutes: number;
+  /** What happens to an order the restaurant does not answer in time; undefined = the platform default. */
+  answerPolicy?: AnswerPolicyName;
+  /** Seconds an order waits for the restaurant's answer; undefined = the platform default. */
+  answerTimeoutS?: number;
 }
+
+export type AnswerPolicyName = "auto_confirm" | "auto_reject";
+/** Bounds of a restaurant's own answer timeout, seconds. */
+export const ANSWER_TIMEOUT_S = Object.freeze({ min: 30, max: 3600 });
 
 export interface OptionInfo {
   id: string;
@@ -168,12 +176,6 @@ export function haversineKm(a: { lat: number; lng: number }, b: { lat: number; l
   return 2 * EARTH_RADIUS_KM * Math.asin(Math.min(1, Math.sqrt(h)));
 }
 
-/** Problem with a coordinate pair, or undefined when it is a finite WGS84 point. */
-export function latLngProblem(p: { lat: number; lng: number }): string | undefined {
-  if (!Number.isFinite(p.lat) || p.lat < -90 || p.lat > 90) return "lat must be a finite number from -90 to 90";
-  if (!Number.isFinite(p.lng) || p.lng < -180 || p.lng > 180) return "lng must be a finite number from -180 to 180";
-  return undefined;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Ranking.
@@ -242,23 +244,6 @@ export function deliveryFeeMinor(cfg: FeeConfig, distanceKm: number): number {
   return Math.round(cfg.deliveryBaseFeeMinor + cfg.deliveryPerKmMinor * Math.max(0, distanceKm));
 }
 
-/** Average urban courier speed in km/h; roads are longer than the straight line by DETOUR_FACTOR. */
-export const CITY_SPEED_KMH = 20;
-export const DETOUR_FACTOR = 1.35;
-/** Handover at both ends (parking, stairs, waiting at the counter), minutes. */
-export const HANDOVER_MINUTES = 5;
-/** Narrowest range shown, minutes. */
-export const MIN_ETA_WIDTH = 10;
-
-/** Estimated delivery range if ordered now: prep + handover + travel, widened to an honest range on 5-minute steps. */
-export function etaRange(avgPrepMinutes: number, distanceKm: number): { minMinutes: number; maxMinutes: number } {
-  const travel = ((Math.max(0, distanceKm) * DETOUR_FACTOR) / CITY_SPEED_KMH) * 60;
-  const mid = Math.max(0, avgPrepMinutes) + HANDOVER_MINUTES + travel;
-  const min = Math.max(5, Math.floor((mid * 0.85) / 5) * 5);
-  const max = Math.max(min + MIN_ETA_WIDTH, Math.ceil((mid * 1.2) / 5) * 5);
-  return { minMinutes: min, maxMinutes: max };
-}
-
 // ---------------------------------------------------------------------------------------------
 // Cart pricing.
 
@@ -292,7 +277,6 @@ export interface PricedCart {
   currency: string;
   distanceKm: number;
   deliveryFeeMinor: number;
-  eta: { minMinutes: number; maxMinutes: number };
 }
 
 /** A cart problem: "invalid" maps to INVALID_ARGUMENT, "precondition" to FAILED_PRECONDITION; field names the offending part. */
@@ -396,7 +380,6 @@ export function priceCart(input: {
     currency: r.currency,
     distanceKm,
     deliveryFeeMinor: deliveryFeeMinor(input.fees, distanceKm),
-    eta: etaRange(r.avgPrepMinutes, distanceKm),
   };
 }
 

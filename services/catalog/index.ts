@@ -6,6 +6,7 @@ import { catalogMigrations } from "./db/migrations.js";
 import { catalogRoutes } from "./routes.js";
 import { DEMO_CITY, seedCity } from "./seed.js";
 import { createCatalogStore, type CatalogStore } from "./store.js";
+import { createEtaService } from "../eta/service.js";
 
 /** Demo city loaded at start when config.demoSeed is set and the catalog is empty. */
 export const DEMO_SEED = 1;
@@ -23,10 +24,11 @@ export function createCatalogService(deps: ServiceDeps, opts: CatalogOptions = {
   const logger = deps.logger;
   const store = opts.store ?? createCatalogStore(deps.db);
   const now = opts.now ?? (() => new Date());
+  const eta = createEtaService({ redis: deps.redis, config: deps.config.eta, now: () => now().getTime() });
   return {
     name: "catalog",
     desc: CatalogService,
-    impl: catalogRoutes({ store, config: deps.config, logger, now }) as unknown as Partial<ServiceImpl<DescService>>,
+    impl: catalogRoutes({ store, config: deps.config, logger, now, eta }) as unknown as Partial<ServiceImpl<DescService>>,
     migrations: catalogMigrations,
     async start() {
       if (!deps.config.demoSeed) return;

@@ -5,6 +5,7 @@ import { getMenu } from "./handlers/get-menu.js";
 import { getRestaurant } from "./handlers/get-restaurant.js";
 import { priceCart } from "./handlers/price-cart.js";
 import type { HandlerDeps } from "./handlers/proto.js";
+import { setAnswerPolicy } from "./handlers/set-answer-policy.js";
 import { searchRestaurants } from "./handlers/search-restaurants.js";
 import { setItemAvailability } from "./handlers/set-item-availability.js";
 import { setRestaurantOpen } from "./handlers/set-restaurant-open.js";
@@ -17,6 +18,7 @@ export function catalogRoutes(deps: HandlerDeps): ServiceImpl<typeof CatalogServ
     getMenu: getMenu(deps),
     setItemAvailability: setItemAvailability(deps),
     setRestaurantOpen: setRestaurantOpen(deps),
+    setAnswerPolicy: setAnswerPolicy(deps),
     priceCart: priceCart(deps),
   }, deps.logger);
 }

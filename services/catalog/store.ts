@@ -16,6 +16,7 @@ import {
   type Hours,
   type ItemInfo,
   type OptionInfo,
+  type AnswerPolicyName,
   type RestaurantInfo,
 } from "./domain.js";
 
@@ -61,6 +62,8 @@ export interface CatalogStore {
   getCart(restaurantId: string, itemIds: string[]): Promise<{ restaurant: RestaurantInfo; items: Map<string, ItemInfo> } | undefined>;
   setItemAvailability(restaurantId: string, itemId: string, optionId: string | undefined, available: boolean): Promise<AvailabilityResult>;
   setRestaurantOpen(id: string, isOpen: boolean): Promise<RestaurantInfo | undefined>;
+  /** Sets (or, with undefined, clears back to the platform default) the restaurant's answer policy and timeout. */
+  setAnswerPolicy(id: string, policy: AnswerPolicyName | undefined, timeoutS: number | undefined): Promise<RestaurantInfo | undefined>;
   countRestaurants(): Promise<number>;
   /** Inserts restaurants with their menus in one transaction, in multi-row statements; returns row counts. */
   insertRestaurants(rs: NewRestaurant[]): Promise<{ restaurants: number; categories: number; items: number; groups: number; options: number }>;
@@ -112,6 +115,8 @@ const RESTAURANT_COLUMNS = [
   "avg_prep_minutes",
   "popularity",
   "currency",
+  "answer_policy",
+  "answer_timeout_s",
 ] as const;
 
 export function createCatalogStore(db: Db): CatalogStore {
@@ -307,6 +312,15 @@ export function createCatalogStore(db: Db): CatalogStore {
       });
     },
 
+    async setAnswerPolicy(id, policy, timeoutS) {
+      const row = await k
+        .updateTable("catalog_restaurants")
+        .set({ answer_policy: policy ?? null, answer_timeout_s: timeoutS ?? null, updated_at: sql`now()` })
+        .where("id", "=", id)
+        .returning(RESTAURANT_COLUMNS)
+        .executeTakeFirst();
+      return row ? toRestaurant(row as RestaurantRow) : undefined;
+    },
     async setRestaurantOpen(id, isOpen) {
       const row = await k
         .updateTable("catalog_restaurants")
@@ -427,6 +441,8 @@ function toRestaurant(r: RestaurantRow): RestaurantInfo {
     avgPrepMinutes: r.avg_prep_minutes,
     popularity: Number(r.popularity),
     currency: r.currency,
+    ...(r.answer_policy ? { answerPolicy: r.answer_policy } : {}),
+    ...(r.answer_timeout_s ? { answerTimeoutS: r.answer_timeout_s } : {}),
   };
 }
 

@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { hostname } from "node:os";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import { ActorRole } from "../../gen/dabba/common/v1/common_pb.js";
 import { EventSchema, GeofenceKind, type Event } from "../../gen/dabba/events/v1/events_pb.js";
@@ -25,9 +25,9 @@ export const GEOFENCE_EVENT_TYPE = "geofence";
 const REFRESH_MS = 2000;
 const REFRESH_CHUNK = 500;
 /**
- * Every write of a driver-active hash (re)sets this TTL, so a hash whose end was never seen
+ * Every write of a driver-active hash (re)sets this TTL, so a hash whose ends were never seen
  * (or one recreated by a late fence write) cannot outlive a working day; status events and
- * fence changes refresh it while the order is live.
+ * fence changes refresh it while an order is live.
  */
 const ASSIGNMENT_TTL_MS = 24 * 3_600_000;
 /** How long an ended (driver, order) pair is remembered, so a redelivered older event cannot revive it. */
@@ -50,15 +50,129 @@ function endedKey(driverId: string, orderId: string): string {
   return `${driverActiveKey(driverId)}:ended:${orderId}`;
 }
 
-/** Per attached driver: the cached assignment and the fences of that assignment. */
+// The driver-active hash holds, per carried order, two fields: ORDER_FIELD + id (the order as
+// the last applied event showed it, JSON) and FENCE_FIELD + id (that assignment's geofence
+// state). One field per order, so the consumer and the fence writer each touch only their own
+// order's fields, and a driver carrying several orders (dispatch.stackSize) keeps them all.
+const ORDER_FIELD = "o:";
+const FENCE_FIELD = "f:";
+
+/** One carried order as stored in its hash field. */
+interface StoredOrder {
+  customerId: string;
+  restaurantId: string;
+  status: string;
+  pickup: { lat: number; lng: number };
+  dropoff: { lat: number; lng: number };
+  /** Sequence of the newest event applied. */
+  seq: number;
+  /** Sequence of the event that started this assignment: the identity its fences belong to. */
+  assignSeq: number;
+  /** Time of that event, epoch ms: orders are listed oldest assignment first. */
+  since: number;
+  /**
+   * Past this (epoch ms) the entry is ignored and removed: the hash's own TTL is refreshed by
+   * every carried order, so it cannot bound one order whose end was never seen.
+   */
+  expiresAt: number;
+}
+
+function readStoredOrder(value: string | undefined): StoredOrder | undefined {
+  if (!value) return undefined;
+  try {
+    const v = JSON.parse(value) as Partial<StoredOrder>;
+    const finite = (n: unknown) => typeof n === "number" && Number.isFinite(n);
+    if (!finite(v.seq) || !finite(v.assignSeq) || typeof v.status !== "string" || !v.pickup || !v.dropoff) return undefined;
+    return {
+      customerId: String(v.customerId ?? ""),
+      restaurantId: String(v.restaurantId ?? ""),
+      status: v.status,
+      pickup: { lat: Number(v.pickup.lat) || 0, lng: Number(v.pickup.lng) || 0 },
+      dropoff: { lat: Number(v.dropoff.lat) || 0, lng: Number(v.dropoff.lng) || 0 },
+      seq: v.seq!,
+      assignSeq: v.assignSeq!,
+      since: finite(v.since) ? v.since! : 0,
+      expiresAt: finite(v.expiresAt) ? v.expiresAt! : 0,
+    };
+  } catch {
+    return undefined;
+  }
+}
+
+/** A carried order read from the hash: its assignment, its stored fences (when of this assignment). */
+interface ReadOrder {
+  assignment: ActiveAssignment;
+  assignSeq: number;
+  since: number;
+  fence: GeofenceState | undefined;
+}
+
+/** The live orders of a driver-active hash, oldest assignment first. */
+function readCarried(driverId: string, h: Record<string, string>, nowMs: number): ReadOrder[] {
+  const out: ReadOrder[] = [];
+  for (const field in h) {
+    if (!field.startsWith(ORDER_FIELD)) continue;
+    const orderId = field.slice(ORDER_FIELD.length);
+    const o = readStoredOrder(h[field]);
+    if (!o || o.expiresAt <= nowMs) continue;
+    out.push({
+      assignment: { driverId, orderId, customerId: o.customerId, restaurantId: o.restaurantId, status: o.status, pickup: o.pickup, dropoff: o.dropoff },
+      assignSeq: o.assignSeq,
+      since: o.since,
+      fence: storedFence(h[FENCE_FIELD + orderId], o.assignSeq),
+    });
+  }
+  return out.sort((a, b) => a.since - b.since || (a.assignment.orderId < b.assignment.orderId ? -1 : 1));
+}
+
+/** The fence state in a fence field ("<assignSeq>|<encoded>"), when it belongs to that assignment. */
+function storedFence(value: string | undefined, assignSeq: number): GeofenceState | undefined {
+  if (!value) return undefined;
+  const bar = value.indexOf("|");
+  if (bar < 0 || value.slice(0, bar) !== String(assignSeq)) return undefined;
+  return decodeGeofence(value.slice(bar + 1));
+}
+
+/**
+ * Fields to drop besides those of exceptOrderId: expired orders with their fences, fences whose
+ * order is gone (a fence write that landed after the order's end), and fields of no known kind
+ * (the one-order layout this hash had before stacking).
+ */
+function staleFields(h: Record<string, string>, exceptOrderId: string, nowMs: number): string[] {
+  const stale: string[] = [];
+  for (const field in h) {
+    if (field.startsWith(ORDER_FIELD)) {
+      const orderId = field.slice(ORDER_FIELD.length);
+      if (orderId === exceptOrderId) continue;
+      const o = readStoredOrder(h[field]);
+      if (!o || o.expiresAt <= nowMs) stale.push(field, FENCE_FIELD + orderId);
+    } else if (field.startsWith(FENCE_FIELD)) {
+      const orderId = field.slice(FENCE_FIELD.length);
+      if (orderId !== exceptOrderId && h[ORDER_FIELD + orderId] === undefined) stale.push(field);
+    } else {
+      stale.push(field);
+    }
+  }
+  return stale;
+}
+
+/** One carried order of an attached driver: the assignment and the fences of that assignment. */
+interface Carried {
+  assignment: ActiveAssignment;
+  assignSeq: number;
+  fence: GeofenceState;
+}
+
+/** Per attached driver: the orders it carries (oldest assignment first). */
 interface Entry {
-  assignment?: ActiveAssignment;
-  /** Identity of the assignment the fences belong to: `${orderId}#${assignSeq}`. */
-  fenceId?: string;
-  fence?: GeofenceState;
+  carried: Carried[];
+  /** The assignments of carried, as get() returns them. */
+  assignments: readonly ActiveAssignment[];
   /** Ticket of the newest Redis read applied; reads issued earlier are dropped when they land later. */
   applied: number;
 }
+
+const NONE: readonly ActiveAssignment[] = Object.freeze([]);
 
 export interface ActiveOrdersOptions {
   redis: RedisPorts;
@@ -69,8 +183,9 @@ export interface ActiveOrdersOptions {
 }
 
 /**
- * Which driver carries which order, kept in Redis from the order event log and cached for the
- * drivers streaming to this process; runs their geofences and turns crossings into events on
+ * Which drivers carry which orders (several per driver when dispatch stacks them), kept in
+ * Redis from the order event log and cached for the drivers streaming to this process; runs
+ * the geofences of each carried order and turns crossings into events on
  * LOCATION_EVENTS_STREAM (and LEFT_RESTAURANT after pickup into MarkEnRoute).
  */
 export function createActiveOrders(opts: ActiveOrdersOptions): ActiveOrders {
@@ -125,98 +240,76 @@ export function createActiveOrders(opts: ActiveOrdersOptions): ActiveOrders {
     }
     if (!driverId) return;
     const key = driverActiveKey(driverId);
-    const [cur, ended] = await Promise.all([redis.kv.hgetall(key), redis.kv.get(endedKey(driverId, o.id))]);
+    const orderField = ORDER_FIELD + o.id;
+    const fenceField = FENCE_FIELD + o.id;
+    const [h, ended] = await Promise.all([redis.kv.hgetall(key), redis.kv.get(endedKey(driverId, o.id))]);
     // Events are at least once and, across consumers, not strictly ordered: an event at or
     // before the end of this (driver, order) pair must not revive it.
     if (ended !== null && seq <= Number(ended)) return;
+    const now = Date.now();
+    const cur = readStoredOrder(h[orderField]);
+    const stale = staleFields(h, o.id, now);
     const announce: BatchOp = { op: "publish", channel: DRIVER_ACTIVE_CHANNEL, data: new TextEncoder().encode(driverId) };
 
     if (ends) {
       await redis.kv.set(endedKey(driverId, o.id), String(seq), { ttlMs: ENDED_TTL_MS });
-      // Only if the hash still names this order, and not a newer assignment of it.
-      if (cur.orderId !== o.id || Number(cur.seq) > seq) return;
-      await redis.kv.del(key);
+      // Only this order's fields, and not if they hold a newer assignment of it.
+      if (!cur || cur.seq > seq) return;
+      await redis.kv.hdel(key, [orderField, fenceField, ...stale]);
       await redis.batch([announce]);
       return;
     }
 
-    const snapshot = {
+    let assignSeq = seq;
+    let since = ev.occurredAt ? timestampMs(ev.occurredAt) : now;
+    if (cur) {
+      if (cur.seq >= seq) return; // a repeat or an older event
+      // A driver_assigned of an order already held is a new assignment (after an unassignment
+      // whose end was not seen): new fences. Any other event keeps the assignment's fences.
+      if (ev.payload.case !== "driverAssigned") {
+        assignSeq = cur.assignSeq;
+        since = cur.since;
+      }
+    }
+    // A status event of an order whose assignment event is late or lost creates the entry too:
+    // the event's snapshot names this driver at this sequence.
+    const stored: StoredOrder = {
       customerId: o.customerId,
       restaurantId: o.restaurantId,
       status: OrderStatus[o.status] ?? "UNSPECIFIED",
-      pickupLat: String(o.pickupLocation?.lat ?? 0),
-      pickupLng: String(o.pickupLocation?.lng ?? 0),
-      dropLat: String(o.delivery?.location?.lat ?? 0),
-      dropLng: String(o.delivery?.location?.lng ?? 0),
-      seq: String(seq),
+      pickup: { lat: o.pickupLocation?.lat ?? 0, lng: o.pickupLocation?.lng ?? 0 },
+      dropoff: { lat: o.delivery?.location?.lat ?? 0, lng: o.delivery?.location?.lng ?? 0 },
+      seq,
+      assignSeq,
+      since,
+      expiresAt: now + ASSIGNMENT_TTL_MS,
     };
-    let fields: Record<string, string>;
-    if (cur.orderId === o.id && ev.payload.case !== "driverAssigned") {
-      if (Number(cur.seq) >= seq) return; // a repeat or an older event
-      fields = snapshot; // the fence fields stay
-    } else if (cur.orderId === o.id) {
-      if (Number(cur.seq) >= seq) return;
-      // Assigned again to the same order (after an unassignment whose end was not seen): new fences.
-      fields = { orderId: o.id, ...snapshot, assignSeq: String(seq), fence: "" };
-    } else if (!cur.orderId || ev.payload.case === "driverAssigned") {
-      // A new assignment; one active order per driver (order service), so a different order in
-      // the hash has ended even if its end event is still on the way. A status event of an order
-      // whose assignment event is late or lost creates the hash too.
-      fields = { orderId: o.id, ...snapshot, assignSeq: String(seq), fence: "" };
-    } else {
-      return; // the hash names another order: this event is about an order the driver no longer carries
-    }
+    const fields: Record<string, string> = { [orderField]: JSON.stringify(stored) };
+    if (cur?.assignSeq !== assignSeq) fields[fenceField] = "";
+    if (stale.length > 0) await redis.kv.hdel(key, stale);
     await redis.batch([{ op: "hset", key, fields, ttlMs: ASSIGNMENT_TTL_MS }, announce]);
   }
 
   // ------------------------------------------------------------- cache
 
-  function parseAssignment(driverId: string, h: Record<string, string>): ActiveAssignment | undefined {
-    if (!h.orderId || !h.status) return undefined;
-    const num = (s: string | undefined) => {
-      const v = Number(s);
-      return Number.isFinite(v) ? v : 0;
-    };
-    return {
-      driverId,
-      orderId: h.orderId,
-      customerId: h.customerId ?? "",
-      restaurantId: h.restaurantId ?? "",
-      status: h.status,
-      pickup: { lat: num(h.pickupLat), lng: num(h.pickupLng) },
-      dropoff: { lat: num(h.dropLat), lng: num(h.dropLng) },
-    };
-  }
-
-  /** The fence state stored in a hash, when it belongs to the assignment fenceId. */
-  function storedFence(h: Record<string, string>, fenceId: string): GeofenceState | undefined {
-    const f = h.fence;
-    if (!f) return undefined;
-    const bar = f.lastIndexOf("|");
-    if (bar < 0 || f.slice(0, bar) !== fenceId) return undefined;
-    return decodeGeofence(f.slice(bar + 1));
-  }
-
   function apply(driverId: string, entry: Entry, ticket: number, h: Record<string, string>): void {
     if (cache.get(driverId) !== entry || ticket < entry.applied) return;
     entry.applied = ticket;
-    const a = parseAssignment(driverId, h);
-    if (!a) {
-      entry.assignment = undefined;
-      entry.fenceId = undefined;
-      entry.fence = undefined;
-      return;
+    const carried: Carried[] = [];
+    for (const r of readCarried(driverId, h, Date.now())) {
+      const mine = entry.carried.find((c) => c.assignment.orderId === r.assignment.orderId && c.assignSeq === r.assignSeq);
+      let fence: GeofenceState;
+      if (mine) {
+        // Ours is newer (it holds the pending dwell); only crossings fired elsewhere are merged in.
+        fence = mine.fence;
+        if (r.fence) fence.fired |= r.fence.fired;
+      } else {
+        fence = r.fence ?? initialGeofenceState();
+      }
+      carried.push({ assignment: r.assignment, assignSeq: r.assignSeq, fence });
     }
-    const fenceId = `${a.orderId}#${h.assignSeq ?? ""}`;
-    const stored = storedFence(h, fenceId);
-    if (entry.fenceId === fenceId && entry.fence) {
-      // Ours is newer (it holds the pending dwell); only crossings fired elsewhere are merged in.
-      if (stored) entry.fence.fired |= stored.fired;
-    } else {
-      entry.fenceId = fenceId;
-      entry.fence = stored ?? initialGeofenceState();
-    }
-    entry.assignment = a;
+    entry.carried = carried;
+    entry.assignments = carried.length === 0 ? NONE : carried.map((c) => c.assignment);
   }
 
   /** Re-reads the given attached drivers from Redis in one round trip per chunk. */
@@ -267,8 +360,8 @@ export function createActiveOrders(opts: ActiveOrdersOptions): ActiveOrders {
   let lastDropLog = 0;
   const retryTimers = new Set<NodeJS.Timeout>();
   const idleWaiters: (() => void)[] = [];
-  /** Fence states to persist, newest per driver; written together by one queued task. */
-  const fenceWrites = new Map<string, string>();
+  /** Fence states to persist, newest per driver and order (field -> value); written together by one queued task. */
+  const fenceWrites = new Map<string, Record<string, string>>();
   let fenceFlushQueued = false;
 
   /** Queues a background effect; false when the queue is full and it was dropped. */
@@ -346,14 +439,16 @@ export function createActiveOrders(opts: ActiveOrdersOptions): ActiveOrders {
     }, "mark en route");
   }
 
-  function persistFence(driverId: string, fenceId: string, state: GeofenceState): void {
-    fenceWrites.set(driverId, `${fenceId}|${encodeGeofence(state)}`);
+  function persistFence(driverId: string, c: Carried): void {
+    let fields = fenceWrites.get(driverId);
+    if (!fields) fenceWrites.set(driverId, (fields = {}));
+    fields[FENCE_FIELD + c.assignment.orderId] = `${c.assignSeq}|${encodeGeofence(c.fence)}`;
     if (fenceFlushQueued) return;
     fenceFlushQueued = true;
     const queued = enqueue(async () => {
       fenceFlushQueued = false;
       const ops: BatchOp[] = [];
-      for (const [id, fence] of fenceWrites) ops.push({ op: "hset", key: driverActiveKey(id), fields: { fence }, ttlMs: ASSIGNMENT_TTL_MS });
+      for (const [id, f] of fenceWrites) ops.push({ op: "hset", key: driverActiveKey(id), fields: f, ttlMs: ASSIGNMENT_TTL_MS });
       fenceWrites.clear();
       if (ops.length) await redis.batch(ops);
     }, "persist fence state");
@@ -364,25 +459,25 @@ export function createActiveOrders(opts: ActiveOrdersOptions): ActiveOrders {
 
   return {
     get(driverId) {
-      return cache.get(driverId)?.assignment;
+      return cache.get(driverId)?.assignments ?? NONE;
     },
 
     async lookup(driverId) {
-      return parseAssignment(driverId, await redis.kv.hgetall(driverActiveKey(driverId)));
+      return readCarried(driverId, await redis.kv.hgetall(driverActiveKey(driverId)), Date.now()).map((r) => r.assignment);
     },
 
     async attach(driverId) {
       let entry = cache.get(driverId);
       if (!entry) {
-        entry = { applied: 0 };
+        entry = { carried: [], assignments: NONE, applied: 0 };
         cache.set(driverId, entry);
       }
       const ticket = ++tickets;
       try {
         apply(driverId, entry, ticket, await redis.kv.hgetall(driverActiveKey(driverId)));
       } catch (err) {
-        // The driver stays attached; the periodic refresh loads the assignment once Redis answers.
-        logger.warn({ err, driverId }, "loading the driver's assignment failed");
+        // The driver stays attached; the periodic refresh loads the assignments once Redis answers.
+        logger.warn({ err, driverId }, "loading the driver's assignments failed");
       }
     },
 
@@ -394,11 +489,13 @@ export function createActiveOrders(opts: ActiveOrdersOptions): ActiveOrders {
       try {
         for (const fix of fixes) {
           const entry = cache.get(fix.driverId);
-          const a = entry?.assignment;
-          if (!a || !entry.fence || !entry.fenceId) continue;
-          const r = stepGeofence(entry.fence, a, fix, config.geofence);
-          for (const kind of r.events) emit(kind, a, fix);
-          if (r.durable) persistFence(fix.driverId, entry.fenceId, entry.fence);
+          if (!entry) continue;
+          // Each carried order has its own fences (at most dispatch.stackSize per driver).
+          for (const c of entry.carried) {
+            const r = stepGeofence(c.fence, c.assignment, fix, config.geofence);
+            for (const kind of r.events) emit(kind, c.assignment, fix);
+            if (r.durable) persistFence(fix.driverId, c);
+          }
         }
       } catch (err) {
         logger.error({ err }, "geofence evaluation failed");

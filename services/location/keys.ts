@@ -66,15 +66,17 @@ export function readFixHash(h: Record<string, string>): StoredFix | undefined {
 }
 
 /**
- * Hash of the order a driver is carrying (written from order events by the location service's
- * consumer group): orderId, customerId, restaurantId, status, pickupLat, pickupLng, dropLat,
- * dropLng, plus the geofence state. Missing when the driver has no active order.
+ * Hash of the orders a driver is carrying (written from order events by the location service's
+ * consumer group; several when dispatch stacks orders): per order, "o:<orderId>" (the order's
+ * customer, restaurant, status, pickup and drop-off, JSON) and "f:<orderId>" (its geofence
+ * state). The layout is private to services/location/active-orders.ts. Missing when the driver
+ * carries nothing.
  */
 export function driverActiveKey(driverId: string): string {
   return `driver-active:${driverId}`;
 }
 
-/** Broadcast channel: a driver's active order changed (payload: the driver id, UTF-8). Every location process listens. */
+/** Broadcast channel: a driver's active orders changed (payload: the driver id, UTF-8). Every location process listens. */
 export const DRIVER_ACTIVE_CHANNEL = "location:driver-active";
 
 /** Counter of pings rejected as suspected spoofing (impossible speed) for a driver. */

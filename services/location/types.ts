@@ -37,7 +37,7 @@ export interface HistorySink {
   stop(): Promise<void>;
 }
 
-/** The order a driver is carrying, as the location service knows it. */
+/** One order a driver is carrying, as the location service knows it (a driver may carry several: dispatch.stackSize). */
 export interface ActiveAssignment {
   driverId: string;
   orderId: string;
@@ -49,17 +49,17 @@ export interface ActiveAssignment {
   dropoff: { lat: number; lng: number };
 }
 
-/** Which drivers carry which orders; geofences. */
+/** Which drivers carry which orders; geofences per carried order. */
 export interface ActiveOrders {
-  /** Cached assignment of a driver hosted by this process (undefined when none or not loaded). */
-  get(driverId: string): ActiveAssignment | undefined;
-  /** Reads the assignment from shared state (Redis), for drivers streaming elsewhere. */
-  lookup(driverId: string): Promise<ActiveAssignment | undefined>;
-  /** A driver started streaming to this process: load and keep its assignment current. */
+  /** Cached orders a driver hosted by this process carries, oldest assignment first (empty when none or not loaded). */
+  get(driverId: string): readonly ActiveAssignment[];
+  /** Reads the orders a driver carries from shared state (Redis), for drivers streaming elsewhere; oldest assignment first. */
+  lookup(driverId: string): Promise<readonly ActiveAssignment[]>;
+  /** A driver started streaming to this process: load and keep its orders current. */
   attach(driverId: string): Promise<void>;
   /** The driver's last stream to this process ended. */
   detach(driverId: string): void;
-  /** Feeds accepted fixes (in device-time order per driver) to the geofences; never throws, effects run in the background. */
+  /** Feeds accepted fixes (in device-time order per driver) to the geofences of every carried order; never throws, effects run in the background. */
   observe(fixes: readonly AcceptedFix[]): void;
   start(): Promise<void>;
   stop(): Promise<void>;

@@ -129,22 +129,21 @@ export function createTickWriter(opts: {
         lng: f.lng,
         lat: f.lat,
       });
-      const assignment = activeOrders.get(id);
-      if (assignment) {
-        publishes.push({
-          op: "publish",
-          channel: trackingChannel(assignment.orderId),
-          data: encodePosition(
-            create(DriverPositionSchema, {
-              driverId: id,
-              location: { lat: f.lat, lng: f.lng },
-              headingDeg: f.headingDeg,
-              speedMps: f.speedMps,
-              accuracyM: f.accuracyM,
-              at: timestampFromMs(f.deviceTimeMs),
-            }),
-          ),
-        });
+      // The newest fix of each driver goes to every order it carries: one encoding, at most
+      // dispatch.stackSize publishes per driver and tick.
+      const carried = activeOrders.get(id);
+      if (carried.length > 0) {
+        const data = encodePosition(
+          create(DriverPositionSchema, {
+            driverId: id,
+            location: { lat: f.lat, lng: f.lng },
+            headingDeg: f.headingDeg,
+            speedMps: f.speedMps,
+            accuracyM: f.accuracyM,
+            at: timestampFromMs(f.deviceTimeMs),
+          }),
+        );
+        for (const a of carried) publishes.push({ op: "publish", channel: trackingChannel(a.orderId), data });
       }
     }
     for (const [city, members] of removals) ops.push({ op: "georemove", key: cityGeoKey(city), members });

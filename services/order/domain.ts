@@ -17,7 +17,7 @@ export const STATUSES = [
 export type Status = (typeof STATUSES)[number];
 
 export const TERMINAL_STATUSES: readonly Status[] = ["DELIVERED", "CANCELLED"];
-/** Statuses in which a driver may be assigned or unassigned. */
+/** Statuses in which a driver may be assigned or unassigned, and in which dispatch may flag an order. */
 export const DRIVER_ASSIGNABLE: readonly Status[] = ["CONFIRMED", "PREPARING", "READY_FOR_PICKUP"];
 /** Orders a restaurant still has to act on or hand over (its feed and default list). */
 export const RESTAURANT_OPEN_STATUSES: readonly Status[] = [
@@ -40,6 +40,9 @@ export const COMMANDS = [
   "cancel",
   "assign_driver",
   "unassign_driver",
+  "flag_dispatch",
+  "payment_settled",
+  "payment_failed",
 ] as const;
 export type Command = (typeof COMMANDS)[number];
 
@@ -67,6 +70,8 @@ export interface OrderFacts {
   lastFencingToken: number;
   subtotalMinor: number;
   cancelledBy: ActorRef | null;
+  /** Dispatch flagged the order (nobody took it in time); it stays flagged. */
+  dispatchFlagged: boolean;
 }
 
 export interface CommandRequest {
@@ -100,6 +105,8 @@ export type Decision =
       unassignDriverId?: string;
       /** assign_driver: the fencing token to record (undefined leaves the stored one). */
       fencingToken?: number;
+      /** flag_dispatch: set the order's dispatch flag. */
+      flagDispatch?: true;
     }
   | { kind: "noop" }
   | { kind: "deny"; code: DenialCode; message: string };
@@ -111,7 +118,7 @@ export interface TransitionRule {
   /** Statuses entered in order; empty for driver assignment (not a status change). */
   to: readonly Status[];
   actors: readonly Role[];
-  /** The customer keeps paying config.lateCancelFeeBps of the subtotal. */
+  /** The customer keeps paying config.lateCancelFeeBps of the subtotal, unless dispatch flagged the order. */
   lateFee?: boolean;
   /** Needs an assigned driver (the driver is the actor, or ops acts for it). */
   needsDriver?: boolean;
@@ -123,8 +130,9 @@ const DISPATCH: readonly Role[] = ["service", "ops"];
 
 /** THE transition table. Every writer of orders.status goes through decide(), which reads only this. */
 export const TRANSITIONS: readonly TransitionRule[] = Object.freeze([
-  { command: "accept", from: "PLACED", to: ["CONFIRMED"], actors: KITCHEN },
-  { command: "reject", from: "PLACED", to: ["CANCELLED"], actors: KITCHEN },
+  // A service answers for a restaurant that did not answer in time (its answer policy).
+  { command: "accept", from: "PLACED", to: ["CONFIRMED"], actors: [...KITCHEN, "service"] },
+  { command: "reject", from: "PLACED", to: ["CANCELLED"], actors: [...KITCHEN, "service"] },
   { command: "start_preparing", from: "CONFIRMED", to: ["PREPARING"], actors: KITCHEN },
   { command: "mark_ready", from: "PREPARING", to: ["READY_FOR_PICKUP"], actors: KITCHEN },
   { command: "confirm_pickup", from: "READY_FOR_PICKUP", to: ["PICKED_UP"], actors: CARRIER, needsDriver: true },
@@ -143,8 +151,13 @@ export const TRANSITIONS: readonly TransitionRule[] = Object.freeze([
   { command: "cancel", from: "PICKED_UP", to: ["CANCELLED"], actors: ["ops"] },
   { command: "cancel", from: "EN_ROUTE", to: ["CANCELLED"], actors: ["ops"] },
 
+  // The payment reconciler settles a PAYMENT_PENDING order with the gateway's truth.
+  { command: "payment_settled", from: "PAYMENT_PENDING", to: ["PLACED"], actors: ["service"] },
+  { command: "payment_failed", from: "PAYMENT_PENDING", to: ["CANCELLED"], actors: ["service"] },
+
   ...DRIVER_ASSIGNABLE.map((from) => ({ command: "assign_driver" as const, from, to: [], actors: DISPATCH })),
   ...DRIVER_ASSIGNABLE.map((from) => ({ command: "unassign_driver" as const, from, to: [], actors: DISPATCH })),
+  ...DRIVER_ASSIGNABLE.map((from) => ({ command: "flag_dispatch" as const, from, to: [], actors: DISPATCH })),
 ] satisfies TransitionRule[]);
 
 /**
@@ -162,6 +175,9 @@ const ALREADY_DONE: Record<Command, (f: OrderFacts, req: CommandRequest, actor: 
   cancel: (f, _r, a) => f.status === "CANCELLED" && sameActor(f.cancelledBy, a),
   assign_driver: (f, r) => f.driverId !== null && f.driverId === r.driverId,
   unassign_driver: (f) => f.driverId === null,
+  flag_dispatch: (f) => f.dispatchFlagged,
+  payment_settled: (f) => atOrPast(f.status, "PLACED"),
+  payment_failed: (f, _r, a) => f.status === "CANCELLED" && sameActor(f.cancelledBy, a),
 };
 
 const FORWARD: readonly Status[] = STATUSES.slice(0, 8);
@@ -210,6 +226,9 @@ const NAMES: Record<Command, string> = {
   cancel: "CancelOrder",
   assign_driver: "AssignDriver",
   unassign_driver: "UnassignDriver",
+  flag_dispatch: "FlagDispatch",
+  payment_settled: "PaymentSettled",
+  payment_failed: "PaymentFailed",
 };
 
 function deny(code: DenialCode, message: string): Decision {
@@ -239,13 +258,15 @@ export function decide(req: CommandRequest, caller: Caller, facts: OrderFacts, p
   if (command === "assign_driver" || command === "unassign_driver") {
     return decideDriver(req, caller, facts, rules);
   }
+  if (command === "flag_dispatch") return decideFlag(caller, facts, rules);
 
   const rule = rules.find((r) => r.from === facts.status && r.actors.includes(caller.role));
   if (rule) {
     if (rule.needsDriver && facts.driverId === null) {
       return deny("FAILED_PRECONDITION", `order is ${facts.status} without an assigned driver; ${NAMES[command]} requires an assigned driver`);
     }
-    const fee = rule.lateFee ? basisPoints(facts.subtotalMinor, policy.lateCancelFeeBps) : 0;
+    // The platform failed to find a driver for a flagged order: the customer owes nothing for leaving.
+    const fee = rule.lateFee && !facts.dispatchFlagged ? basisPoints(facts.subtotalMinor, policy.lateCancelFeeBps) : 0;
     const cancels = rule.to.includes("CANCELLED");
     return {
       kind: "transition",
@@ -297,6 +318,19 @@ function decideDriver(req: CommandRequest, caller: Caller, f: OrderFacts, rules:
     assignDriverId: driverId,
     fencingToken: manual ? undefined : token,
   };
+}
+
+/** flag_dispatch: a non-status change, like an assignment; repeating it is a noop whatever the order's state now. */
+function decideFlag(caller: Caller, f: OrderFacts, rules: TransitionRule[]): Decision {
+  if (ALREADY_DONE.flag_dispatch(f, { command: "flag_dispatch" }, actorRef(caller))) return { kind: "noop" };
+  const allowedFrom = rules.filter((r) => r.actors.includes(caller.role)).map((r) => r.from);
+  if (!allowedFrom.includes(f.status)) {
+    return deny("FAILED_PRECONDITION", `order is ${f.status}; ${NAMES.flag_dispatch} requires ${listStatuses(allowedFrom)}`);
+  }
+  if (f.driverId !== null) {
+    return deny("FAILED_PRECONDITION", `order is ${f.status} with a driver assigned; ${NAMES.flag_dispatch} requires no driver`);
+  }
+  return { kind: "transition", command: "flag_dispatch", from: f.status, statuses: [], feeMinor: 0, releaseDriverId: null, flagDispatch: true };
 }
 
 /** The statuses allowed from a status by any command: the table's edges. */

@@ -1,6 +1,6 @@
 import { hostname } from "node:os";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
-import { createClient, type Client } from "@connectrpc/connect";
+import { createClient, type Client, type ServiceImpl } from "@connectrpc/connect";
 import { CatalogService } from "../../gen/dabba/catalog/v1/catalog_service_pb.js";
 import { EventSchema } from "../../gen/dabba/events/v1/events_pb.js";
 import { OrderSchema } from "../../gen/dabba/order/v1/order_pb.js";
@@ -9,13 +9,19 @@ import { withMappedErrors } from "../platform/errors.js";
 import { createConsumer, createOutboxRelay, type Consumer, type OutboxRelay } from "../platform/outbox.js";
 import type { StreamEntry } from "../platform/redis.js";
 import type { ServiceDeps, ServiceModule } from "../platform/service.js";
+import { createAnswerTimer } from "./answer-timer.js";
 import { migrations } from "./db/migrations.js";
 import { acceptOrder } from "./handlers/accept-order.js";
+import { adjustTip } from "./handlers/adjust-tip.js";
+import { getPaymentLedger } from "./handlers/get-payment-ledger.js";
+import { refundOrder } from "./handlers/refund-order.js";
+import { createPayments } from "./payments/index.js";
 import { assignDriver } from "./handlers/assign-driver.js";
 import { cancelOrder } from "./handlers/cancel-order.js";
 import { restaurantChannel, type OrderHandlerDeps } from "./handlers/common.js";
 import { confirmDelivery } from "./handlers/confirm-delivery.js";
 import { confirmPickup } from "./handlers/confirm-pickup.js";
+import { flagDispatch } from "./handlers/flag-dispatch.js";
 import { getOrder } from "./handlers/get-order.js";
 import { listOrders } from "./handlers/list-orders.js";
 import { markEnRoute } from "./handlers/mark-en-route.js";
@@ -26,6 +32,9 @@ import { rejectOrder } from "./handlers/reject-order.js";
 import { startPreparing } from "./handlers/start-preparing.js";
 import { unassignDriver } from "./handlers/unassign-driver.js";
 import { watchRestaurantOrders } from "./handlers/watch-restaurant-orders.js";
+import { createOrderJobs } from "./jobs.js";
+import { createEtaUpdater } from "./eta-updater.js";
+import { createEtaService } from "../eta/service.js";
 import { ORDER_EVENTS_STREAM, createOrderStore } from "./store.js";
 
 /** Consumer group that turns order events into restaurant feed messages (once per event across processes). */
@@ -47,15 +56,31 @@ export function createOrderService(deps: ServiceDeps): ServiceModule {
       relay.wake();
     }, RELAY_COALESCE_MS);
   };
-  const store = createOrderStore({ db: deps.db, policy: deps.config.orders, onCommit: wakeRelay });
+  const store = createOrderStore({
+    db: deps.db,
+    policy: deps.config.orders,
+    driverStackSize: deps.config.dispatch.stackSize,
+    onCommit: wakeRelay,
+  });
   let catalog: Client<typeof CatalogService> | undefined;
+  // eslint-disable-next-line prefer-const -- created below, read by the payments when a job is sent
+  let jobs: ReturnType<typeof createOrderJobs>;
+  const payments = createPayments({ db: deps.db, config: deps.config, store, logger, queue: () => jobs.queue, onCommit: wakeRelay });
   const h: OrderHandlerDeps = {
+    payments,
     config: deps.config,
     store,
     redis: deps.redis,
     logger,
     catalog: () => (catalog ??= createClient(CatalogService, deps.peer("catalog"))),
   };
+
+  jobs = createOrderJobs({ db: deps.db, config: deps.config, eventLog: deps.redis.eventLog, logger });
+  const answer = createAnswerTimer({ store, orders: deps.config.orders, catalog: h.catalog, queue: () => jobs.queue, logger });
+
+  const etaUpdater = deps.config.eta.updater
+    ? createEtaUpdater({ store, eta: createEtaService({ redis: deps.redis, config: deps.config.eta }), redis: deps.redis, config: deps.config.eta, catalog: h.catalog, logger })
+    : undefined;
 
   const feed: Consumer = createConsumer({
     eventLog: deps.redis.eventLog,
@@ -82,8 +107,12 @@ export function createOrderService(deps: ServiceDeps): ServiceModule {
     cancelOrder: cancelOrder(h),
     assignDriver: assignDriver(h),
     unassignDriver: unassignDriver(h),
+    flagDispatch: flagDispatch(h),
     watchRestaurantOrders: watchRestaurantOrders(h),
-  }, logger);
+    refundOrder: refundOrder(h),
+    adjustTip: adjustTip(h),
+    getPaymentLedger: getPaymentLedger(h),
+  } as unknown as ServiceImpl<typeof OrderService>, logger);
 
   return {
     name: "order",
@@ -93,11 +122,20 @@ export function createOrderService(deps: ServiceDeps): ServiceModule {
     async start() {
       relay.start();
       await feed.start();
+      await etaUpdater?.start();
+      await jobs.start({
+        answer,
+        settle: payments.settle,
+        reconcile: payments.reconcile,
+      });
     },
     async stop() {
       clearTimeout(wakeTimer);
       wakeTimer = undefined;
+      await jobs.stop();
+      payments.stop();
       await feed.stop();
+      await etaUpdater?.stop();
       await relay.stop();
     },
   };

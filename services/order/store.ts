@@ -4,7 +4,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { sql, type Kysely, type Transaction } from "kysely";
 import { ActorRole, ActorSchema, MoneySchema, type Actor } from "../../gen/dabba/common/v1/common_pb.js";
 import { EventSchema, type Event } from "../../gen/dabba/events/v1/events_pb.js";
-import { OrderSchema, OrderStatus, TimelineKind, type Order } from "../../gen/dabba/order/v1/order_pb.js";
+import { OrderSchema, OrderStatus, PaymentStatus, TimelineKind, type Order } from "../../gen/dabba/order/v1/order_pb.js";
 import type { Db } from "../platform/db.js";
 import { AbortedError, AlreadyExistsError, NotFoundError, PermissionError, PreconditionError } from "../platform/errors.js";
 import {
@@ -20,11 +20,15 @@ import {
   type Role,
   type Status,
 } from "./domain.js";
-import type { HistoryRow, NewHistoryRow, OrderDatabase, OrderRow, OrdersTable, StoredLine } from "./db/tables.js";
+import type { HistoryRow, NewHistoryRow, OrderDatabase, OrderRow, OrdersTable, PaymentState, StoredLine } from "./db/tables.js";
 
 /** The stream order events are relayed to. */
 export const ORDER_EVENTS_STREAM = "events:orders";
 const MAX_CAS_ATTEMPTS = 8;
+/** Statuses in which an order no longer occupies its driver. */
+const CLOSED_STATUSES = ["DELIVERED", "CANCELLED"] as const;
+/** Namespace of the per-driver assignment lock among the database's advisory locks (pg-boss takes some too). */
+const DRIVER_LOCK_NS = "dabba.order.driver:";
 
 /** A new order as priced by the handler; the store adds id, status, version and timestamps. */
 export interface NewOrder {
@@ -42,6 +46,17 @@ export interface NewOrder {
   totalMinor: number;
   eta: { minMinutes: number; maxMinutes: number };
   distanceKm: number;
+  /** When the restaurant must have answered (its answer policy then confirms or rejects). */
+  answerBy: Date;
+  /** The placement's authorization (services/order/payments): approved -> PLACED; outcome unknown -> PAYMENT_PENDING. */
+  payment: PlacementPayment;
+}
+
+/** The authorization made before the order is written, recorded as its first ledger row. */
+export interface PlacementPayment {
+  token: string;
+  pending: boolean;
+  ledger: { key: string; amountMinor: number; outcome: "approved" | "timeout" | "error"; reference: string; reason: string };
 }
 
 export interface IdempotencyInput {
@@ -56,6 +71,8 @@ export interface IdempotencyInput {
 export interface CommandExtras {
   reason?: string;
   prepMinutes?: number;
+  /** flag_dispatch: dispatch rounds tried, carried on the event. */
+  attempts?: number;
 }
 
 /** Keyset position in a newest-first list. */
@@ -74,7 +91,12 @@ export interface OrderStore {
    * one transaction. A concurrent or earlier use of the key returns the stored order when the
    * request hash matches and throws AlreadyExistsError otherwise.
    */
-  place(order: NewOrder, idem: IdempotencyInput): Promise<{ order: Order; replayed: boolean }>;
+  place(
+    order: NewOrder,
+    idem: IdempotencyInput,
+    /** A PAYMENT_PENDING order is written in a transaction that also runs this (the reconciler's job). */
+    onPending?: (trx: Kysely<any>, orderId: string) => Promise<void>,
+  ): Promise<{ order: Order; replayed: boolean }>;
   /** The order (with timeline when asked); undefined when it does not exist. */
   get(id: string, opts?: { timeline?: boolean }): Promise<Order | undefined>;
   list(scope: ListScope, page: { limit: number; after?: ListCursor }): Promise<{ orders: Order[]; next?: ListCursor }>;
@@ -82,11 +104,23 @@ export interface OrderStore {
   listOpenForRestaurant(restaurantId: string): Promise<Order[]>;
   /** Runs one command through decide() and a compare-and-set; returns the order as it is now. */
   execute(orderId: string, req: CommandRequest, caller: Caller, extras?: CommandExtras): Promise<Order>;
+  /**
+   * Stores a recomputed estimate (absolute bounds) when either bound moved by at least
+   * minMoveMs from the stored one, and writes an eta_changed event in the order's sequence
+   * (no timeline entry, no new version, as payment events). Compare-and-set on the version the
+   * estimate was computed from: a transition since then wins (its event brings a recompute).
+   * Open orders only. Returns the order as stored, or undefined when nothing was written.
+   */
+  updateEta(orderId: string, expectedVersion: bigint, eta: { lowAt: Date; highAt: Date }, minMoveMs: number): Promise<Order | undefined>;
+  /** Open orders with an assigned driver (the ETA updater's recompute as drivers move), oldest first, at most `limit`. */
+  listWithDriver(limit: number): Promise<Order[]>;
 }
 
 export interface OrderStoreOptions {
   db: Db;
   policy: Policy;
+  /** Active orders one driver may carry at once (config.dispatch.stackSize); an assignment beyond it is refused. */
+  driverStackSize: number;
   /** Called after every committed write (the outbox relay's wake). */
   onCommit?: () => void;
   /** Order id generator (tests). */
@@ -149,6 +183,16 @@ const ORDER_COLUMNS_O = [
   "o.cancellation_reason",
   "o.cancellation_fee_minor",
   "o.next_event_seq",
+  "o.dispatch_flagged_at",
+  "o.payment_status",
+  "o.payment_token",
+  "o.due_minor",
+  "o.charged_minor",
+  "o.refunded_minor",
+  "o.delivered_at",
+  "o.answer_by",
+  "o.eta_low_at",
+  "o.eta_high_at",
   "o.created_at",
   "o.updated_at",
 ] as const;
@@ -161,6 +205,8 @@ void _allOrderColumns;
 export function createOrderStore(opts: OrderStoreOptions): OrderStore {
   const db = opts.db.kysely as Kysely<OrderDatabase>;
   const policy = opts.policy;
+  const stackSize = opts.driverStackSize;
+  if (!Number.isInteger(stackSize) || stackSize < 1) throw new Error(`driverStackSize must be a positive integer, got ${stackSize}`);
   const committed = () => opts.onCommit?.();
   const newId = opts.newId ?? timeOrderedId();
 
@@ -191,14 +237,22 @@ export function createOrderStore(opts: OrderStoreOptions): OrderStore {
    * read from the claim, so a key already taken writes nothing. The snapshot in the event is
    * built from the same values the row gets, so nothing is read back.
    */
-  async function insertPlaced(id: string, o: NewOrder, idem: IdempotencyInput, now: Date): Promise<Order | undefined> {
+  async function insertPlaced(
+    id: string,
+    o: NewOrder,
+    idem: IdempotencyInput,
+    now: Date,
+    onPending?: (trx: Kysely<any>, orderId: string) => Promise<void>,
+  ): Promise<Order | undefined> {
+    const pending = o.payment.pending;
+    const status: Status = pending ? "PAYMENT_PENDING" : "PLACED";
     const actor: ActorRef = { role: "customer", id: o.customerId };
     const row: OrderRow = {
       id,
       customer_id: o.customerId,
       restaurant_id: o.restaurantId,
       restaurant_name: o.restaurantName,
-      status: "PLACED",
+      status,
       version: 1,
       driver_id: null,
       last_fencing_token: 0,
@@ -223,6 +277,17 @@ export function createOrderStore(opts: OrderStoreOptions): OrderStore {
       cancellation_reason: null,
       cancellation_fee_minor: 0,
       next_event_seq: 2,
+      dispatch_flagged_at: null,
+      payment_status: pending ? "pending" : "authorized",
+      payment_token: o.payment.token,
+      due_minor: 0,
+      charged_minor: 0,
+      refunded_minor: 0,
+      delivered_at: null,
+      answer_by: o.answerBy,
+      // The quote's range as absolute bounds from the placement (services/order/eta-updater moves them later).
+      eta_low_at: new Date(now.getTime() + o.eta.minMinutes * 60_000),
+      eta_high_at: new Date(now.getTime() + o.eta.maxMinutes * 60_000),
       created_at: now,
       updated_at: now,
     };
@@ -239,33 +304,55 @@ export function createOrderStore(opts: OrderStoreOptions): OrderStore {
           id, customer_id, restaurant_id, restaurant_name, status, version, driver_id, lines,
           delivery_lat, delivery_lng, delivery_address, delivery_instructions, pickup_lat, pickup_lng,
           currency, subtotal_minor, delivery_fee_minor, tax_minor, tip_minor, total_minor,
-          eta_min_minutes, eta_max_minutes, distance_km, next_event_seq, created_at, updated_at)
-        select order_id, ${row.customer_id}::text, ${row.restaurant_id}::text, ${row.restaurant_name}::text, 'PLACED', 1, null,
+          eta_min_minutes, eta_max_minutes, distance_km, answer_by, next_event_seq, created_at, updated_at, payment_status, payment_token,
+          eta_low_at, eta_high_at)
+        select order_id, ${row.customer_id}::text, ${row.restaurant_id}::text, ${row.restaurant_name}::text, ${status}::text, 1, null,
           ${JSON.stringify(row.lines)}::jsonb, ${row.delivery_lat}::float8, ${row.delivery_lng}::float8,
           ${row.delivery_address}::text, ${row.delivery_instructions}::text, ${row.pickup_lat}::float8, ${row.pickup_lng}::float8,
           ${row.currency}::text, ${row.subtotal_minor}::int8, ${row.delivery_fee_minor}::int8, ${row.tax_minor}::int8,
           ${row.tip_minor}::int8, ${row.total_minor}::int8, ${row.eta_min_minutes}::int4, ${row.eta_max_minutes}::int4,
-          ${row.distance_km}::float8, 2, ${now}::timestamptz, ${now}::timestamptz
+          ${row.distance_km}::float8, ${row.answer_by}::timestamptz, 2, ${now}::timestamptz, ${now}::timestamptz,
+          ${row.payment_status}::text, ${row.payment_token}::text, ${row.eta_low_at}::timestamptz, ${row.eta_high_at}::timestamptz
         from claim
         returning id
       ), hist as (
         insert into order_status_history (order_id, seq, kind, status, actor_role, actor_id, reason, driver_id, at)
-        select id, 1, 'status', 'PLACED', ${actor.role}::text, ${actor.id}::text, '', null, ${now}::timestamptz from ord
+        select id, 1, 'status', ${status}::text, ${actor.role}::text, ${actor.id}::text, '', null, ${now}::timestamptz from ord
       ), box as (
         insert into outbox (stream, event_type, event_key, event_id, payload, published_at)
         select ${ORDER_EVENTS_STREAM}::text, ${eventType(event)}::text, id, ${event.eventId}::text, ${outboxPayload(event)}::bytea, null from ord
+        where not ${pending}::bool
+      ), led as (
+        insert into payment_ledger (order_id, operation, amount_minor, currency, outcome, idempotency_key, gateway_ref, reason)
+        select id, 'authorize', ${o.payment.ledger.amountMinor}::int8, ${row.currency}::text, ${o.payment.ledger.outcome}::text,
+          ${o.payment.ledger.key}::text, ${o.payment.ledger.reference}::text, ${o.payment.ledger.reason}::text from ord
+        on conflict (idempotency_key) where outcome = 'approved' do nothing
       )
       select count(*)::int as claimed from claim`.compile(db);
+    if (pending) {
+      // PAYMENT_PENDING (rare): the reconciler's job commits with the order.
+      const placed = await db.transaction().execute(async (trx) => {
+        const { rows } = await trx.executeQuery(q);
+        if (rows[0]?.claimed !== 1) return false;
+        await onPending?.(trx, id);
+        return true;
+      });
+      return placed ? snapshot : undefined;
+    }
     // Prepared: this statement's ~30 parameters and five CTEs cost more to parse and plan than to run.
     const [r] = await opts.db.prepared<{ claimed: number }>("order_insert_placed", q);
     return r?.claimed === 1 ? snapshot : undefined;
   }
 
-  async function place(o: NewOrder, idem: IdempotencyInput): Promise<{ order: Order; replayed: boolean }> {
+  async function place(
+    o: NewOrder,
+    idem: IdempotencyInput,
+    onPending?: (trx: Kysely<any>, orderId: string) => Promise<void>,
+  ): Promise<{ order: Order; replayed: boolean }> {
     // Two tries: the second runs only after an expired key was removed (an expired key is ignored and replaced).
     for (let attempt = 0; attempt < 2; attempt++) {
       const now = new Date();
-      const order = await insertPlaced(newId(), o, idem, now);
+      const order = await insertPlaced(newId(), o, idem, now, onPending);
       if (order) {
         committed();
         return { order, replayed: false };
@@ -365,8 +452,9 @@ export function createOrderStore(opts: OrderStoreOptions): OrderStore {
     const now = new Date();
     const actor = actorRef(caller);
     const reason = extras.reason ?? "";
-    const driverChange = d.assignDriverId !== undefined || d.unassignDriverId !== undefined;
-    const eventCount = driverChange ? 1 : d.statuses.length;
+    // Assignment changes and the dispatch flag are one event each, with no status entered.
+    const single = d.assignDriverId !== undefined || d.unassignDriverId !== undefined || d.flagDispatch === true;
+    const eventCount = single ? 1 : d.statuses.length;
     const firstSeq = Number(row.next_event_seq);
     const cancels = d.statuses.includes("CANCELLED");
     const finalStatus = d.statuses.length ? d.statuses[d.statuses.length - 1] : row.status;
@@ -391,20 +479,34 @@ export function createOrderStore(opts: OrderStoreOptions): OrderStore {
       if (d.fencingToken !== undefined) set.last_fencing_token = d.fencingToken;
     }
     if (d.unassignDriverId !== undefined) set.driver_id = null;
+    if (d.flagDispatch) set.dispatch_flagged_at = now;
+    if (d.statuses.includes("DELIVERED")) set.delivered_at = now;
+    // What the customer owes now (services/order/payments settles the gateway to it): the total
+    // once accepted; on a cancellation the fee kept (0 unless late), never more than was still due.
+    if (req.command === "accept") set.due_minor = sql`total_minor`;
+    if (cancels) set.due_minor = sql`least(${d.feeMinor}::int8, due_minor)`;
+    if (req.command === "payment_settled") set.payment_status = "authorized";
+    if (req.command === "payment_failed") set.payment_status = "failed";
+    // An order whose payment settled late reaches PLACED now: the restaurant gets its full answer time from now.
+    if (d.statuses.includes("PLACED")) set.answer_by = sql`answer_by + (${now}::timestamptz - created_at)`;
 
     try {
       return await db.transaction().execute(async (trx) => {
+        if (d.assignDriverId !== undefined) await checkDriverCapacity(trx, d.assignDriverId, row.id);
         let upd = trx
           .updateTable("orders")
           .set(set)
           .where("id", "=", row.id)
           .where("status", "=", row.status)
-          .where("version", "=", Number(row.version));
+          .where("version", "=", Number(row.version))
+          // A payment event (services/order/payments) takes a sequence without a new version.
+          .where("next_event_seq", "=", firstSeq);
         if (d.assignDriverId !== undefined) {
           upd = upd.where("driver_id", "is", null).where("status", "in", ["CONFIRMED", "PREPARING", "READY_FOR_PICKUP"]);
           if (d.fencingToken !== undefined) upd = upd.where("last_fencing_token", "<=", d.fencingToken);
         }
         if (d.unassignDriverId !== undefined) upd = upd.where("driver_id", "=", d.unassignDriverId);
+        if (d.flagDispatch) upd = upd.where("driver_id", "is", null).where("dispatch_flagged_at", "is", null);
         const after = await upd.returningAll().executeTakeFirst();
         if (!after) throw new CasLost();
 
@@ -424,6 +526,9 @@ export function createOrderStore(opts: OrderStoreOptions): OrderStore {
             case: "driverUnassigned",
             value: { driverId: d.unassignDriverId, reason },
           }));
+        } else if (d.flagDispatch) {
+          history.push({ ...base, seq: firstSeq, kind: "dispatch_flagged", status: row.status, reason, driver_id: null });
+          events.push(buildEvent(finalOrder, firstSeq, actor, now, { case: "dispatchFlagged", value: { attempts: extras.attempts ?? 0 } }));
         } else {
           const baseVersion = Number(row.version);
           d.statuses.forEach((status, i) => {
@@ -449,14 +554,78 @@ export function createOrderStore(opts: OrderStoreOptions): OrderStore {
       });
     } catch (err) {
       if (err instanceof CasLost) return undefined;
-      if (isUniqueViolation(err, "orders_one_active_per_driver")) {
-        throw new PreconditionError("driver already has an active order");
-      }
       throw err;
     }
   }
 
-  return { findIdempotent, place, get, list, listOpenForRestaurant, execute };
+  /**
+   * Refuses an assignment that would put the driver over the stack limit. Assignments of one
+   * driver serialize on a transaction-scoped advisory lock, so each counts after the previous
+   * one committed: the lock and the count are two statements because under READ COMMITTED a
+   * statement's snapshot is taken when it starts, and a count in the locking statement would
+   * miss an assignment committed while it waited. Releases (delivery, cancel, unassign) only
+   * lower the count and need no lock.
+   */
+  async function checkDriverCapacity(trx: Transaction<OrderDatabase>, driverId: string, orderId: string): Promise<void> {
+    await sql`select pg_advisory_xact_lock(hashtextextended(${DRIVER_LOCK_NS + driverId}, 0))`.execute(trx);
+    const { n } = await trx
+      .selectFrom("orders")
+      .select((eb) => eb.fn.countAll<string | number>().as("n"))
+      .where("driver_id", "=", driverId)
+      .where("status", "not in", [...CLOSED_STATUSES])
+      .where("id", "<>", orderId)
+      .executeTakeFirstOrThrow();
+    const carried = Number(n);
+    if (carried >= stackSize) {
+      throw new PreconditionError(`driver already carries ${carried} active orders (limit ${stackSize})`);
+    }
+  }
+
+  async function updateEta(orderId: string, expectedVersion: bigint, eta: { lowAt: Date; highAt: Date }, minMoveMs: number): Promise<Order | undefined> {
+    const now = new Date();
+    const thresholdS = Math.max(0, minMoveMs) / 1000;
+    const order = await db.transaction().execute(async (trx) => {
+      const after = await trx
+        .updateTable("orders")
+        .set({ eta_low_at: eta.lowAt, eta_high_at: eta.highAt, next_event_seq: sql`next_event_seq + 1` })
+        .where("id", "=", orderId)
+        .where("version", "=", Number(expectedVersion))
+        .where("status", "in", ["PLACED", "CONFIRMED", "PREPARING", "READY_FOR_PICKUP", "PICKED_UP", "EN_ROUTE"])
+        .where(sql<boolean>`(eta_low_at is null or eta_high_at is null
+          or abs(extract(epoch from (eta_low_at - ${eta.lowAt}::timestamptz))) >= ${thresholdS}
+          or abs(extract(epoch from (eta_high_at - ${eta.highAt}::timestamptz))) >= ${thresholdS})`)
+        .returningAll()
+        .executeTakeFirst();
+      if (!after) return undefined;
+      const stored = toOrder(after);
+      const lowMin = Math.max(0, Math.floor((eta.lowAt.getTime() - now.getTime()) / 60_000));
+      const range = {
+        minMinutes: lowMin,
+        maxMinutes: Math.max(lowMin, Math.ceil((eta.highAt.getTime() - now.getTime()) / 60_000)),
+        earliestAt: timestampFromDate(eta.lowAt),
+        latestAt: timestampFromDate(eta.highAt),
+      };
+      const ev = buildEvent(stored, Number(after.next_event_seq) - 1, { role: "service", id: "eta" }, now, { case: "etaChanged", value: { eta: range } });
+      await writeOutbox(trx, [ev]);
+      return stored;
+    });
+    if (order) committed();
+    return order;
+  }
+
+  async function listWithDriver(limit: number): Promise<Order[]> {
+    const rows = await db
+      .selectFrom("orders")
+      .selectAll()
+      .where("driver_id", "is not", null)
+      .where("status", "in", ["CONFIRMED", "PREPARING", "READY_FOR_PICKUP", "PICKED_UP", "EN_ROUTE"])
+      .orderBy("created_at")
+      .limit(limit)
+      .execute();
+    return rows.map((r) => toOrder(r));
+  }
+
+  return { findIdempotent, place, get, list, listOpenForRestaurant, execute, updateEta, listWithDriver };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -474,6 +643,17 @@ const KIND_TO_PROTO: Record<string, TimelineKind> = {
   status: TimelineKind.STATUS,
   driver_assigned: TimelineKind.DRIVER_ASSIGNED,
   driver_unassigned: TimelineKind.DRIVER_UNASSIGNED,
+  dispatch_flagged: TimelineKind.DISPATCH_FLAGGED,
+};
+
+const PAYMENT_STATUS_TO_PROTO: Record<PaymentState, PaymentStatus> = {
+  pending: PaymentStatus.PENDING,
+  authorized: PaymentStatus.AUTHORIZED,
+  captured: PaymentStatus.CAPTURED,
+  voided: PaymentStatus.VOIDED,
+  partially_refunded: PaymentStatus.PARTIALLY_REFUNDED,
+  refunded: PaymentStatus.REFUNDED,
+  failed: PaymentStatus.FAILED,
 };
 
 function actorProto(a: { role: string; id: string }): Actor {
@@ -489,6 +669,7 @@ function factsOf(row: OrderRow): OrderFacts {
     lastFencingToken: Number(row.last_fencing_token),
     subtotalMinor: Number(row.subtotal_minor),
     cancelledBy: row.cancelled_by_role ? { role: row.cancelled_by_role as Role, id: row.cancelled_by_id ?? "" } : null,
+    dispatchFlagged: row.dispatch_flagged_at !== null,
   };
 }
 
@@ -523,7 +704,12 @@ export function toOrder(row: OrderRow, history?: HistoryRow[]): Order {
     tax: money(row.tax_minor),
     tip: money(row.tip_minor),
     total: money(row.total_minor),
-    eta: { minMinutes: row.eta_min_minutes, maxMinutes: row.eta_max_minutes },
+    eta: {
+      minMinutes: row.eta_min_minutes,
+      maxMinutes: row.eta_max_minutes,
+      earliestAt: row.eta_low_at ? timestampFromDate(new Date(row.eta_low_at)) : undefined,
+      latestAt: row.eta_high_at ? timestampFromDate(new Date(row.eta_high_at)) : undefined,
+    },
     driverId: row.driver_id ?? "",
     cancelledBy: row.cancelled_by_role ? actorProto({ role: row.cancelled_by_role, id: row.cancelled_by_id ?? "" }) : undefined,
     cancellationReason: row.cancellation_reason ?? "",
@@ -540,6 +726,12 @@ export function toOrder(row: OrderRow, history?: HistoryRow[]): Order {
     createdAt: timestampFromDate(new Date(row.created_at)),
     updatedAt: timestampFromDate(new Date(row.updated_at)),
     distanceKm: row.distance_km,
+    dispatchFlaggedAt: row.dispatch_flagged_at ? timestampFromDate(new Date(row.dispatch_flagged_at)) : undefined,
+    paymentStatus: PAYMENT_STATUS_TO_PROTO[row.payment_status] ?? PaymentStatus.UNSPECIFIED,
+    charged: money(row.charged_minor),
+    refunded: money(row.refunded_minor),
+    deliveredAt: row.delivered_at ? timestampFromDate(new Date(row.delivered_at)) : undefined,
+    restaurantAnswerBy: row.answer_by && row.status === "PLACED" ? timestampFromDate(new Date(row.answer_by)) : undefined,
   });
 }
 
@@ -555,6 +747,8 @@ function payloadFor(
 ): Payload {
   const driverId = row.driver_id ?? "";
   switch (status) {
+    case "PLACED":
+      return { case: "placed", value: { total: { amountMinor: BigInt(row.total_minor), currency: row.currency } } };
     case "CONFIRMED":
       return { case: "confirmed", value: { prepMinutes: extras.prepMinutes ?? 0 } };
     case "PREPARING":
@@ -634,10 +828,4 @@ function denial(d: Extract<Decision, { kind: "deny" }>): Error {
     case "FAILED_PRECONDITION":
       return new PreconditionError(d.message);
   }
-}
-
-function isUniqueViolation(err: unknown, constraint: string): boolean {
-  const e = err as { code?: string; constraint?: string; message?: string } | undefined;
-  if (!e || e.code !== "23505") return false;
-  return e.constraint === constraint || (e.message ?? "").includes(constraint);
 }

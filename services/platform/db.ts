@@ -35,6 +35,12 @@ export type Db = {
    * must be unique per SQL text in the process: pg refuses a name reused for another text.
    */
   prepared<R>(name: string, query: Pick<CompiledQuery, "sql" | "parameters">): Promise<R[]>;
+  /**
+   * Runs SQL text for a library that brings its own statements (pg-boss's `db.executeSql`).
+   * Without values the text may hold several statements (pg-boss's migrations); on PGlite that
+   * runs as a script under the connection mutex.
+   */
+  executeSql<R = any>(text: string, values?: unknown[]): Promise<{ rows: R[] }>;
   close(): Promise<void>;
 };
 
@@ -69,6 +75,7 @@ export async function openDb(opts: OpenDbOptions): Promise<Db> {
   let kysely: Kysely<any>;
   let kind: Db["kind"];
   let prepared: Db["prepared"];
+  let executeSql: Db["executeSql"];
 
   if (opts.databaseUrl) {
     const pool = new pg.Pool({
@@ -90,6 +97,7 @@ export async function openDb(opts: OpenDbOptions): Promise<Db> {
     kind = "postgres";
     prepared = async <R>(name: string, q: Pick<CompiledQuery, "sql" | "parameters">) =>
       (await pool.query({ name, text: q.sql, values: q.parameters as unknown[] })).rows as R[];
+    executeSql = async (text, values) => ({ rows: (await pool.query(text, values)).rows });
   } else {
     let dataDir = opts.dataDir;
     if (!dataDir.startsWith("memory://")) {
@@ -102,6 +110,13 @@ export async function openDb(opts: OpenDbOptions): Promise<Db> {
     // Through Kysely, so the dialect's mutex keeps it out of a running transaction.
     prepared = async <R>(_name: string, q: Pick<CompiledQuery, "sql" | "parameters">) =>
       (await kysely.executeQuery<R>(CompiledQuery.raw(q.sql, [...q.parameters]))).rows;
+    const k = kysely;
+    executeSql = async (text, values) => {
+      if (values && values.length > 0) return { rows: (await k.executeQuery<any>(CompiledQuery.raw(text, values))).rows };
+      // A script (several statements) needs the simple protocol: exec, holding the connection.
+      const results = await k.connection().execute(() => pglite.exec(text));
+      return { rows: (results[results.length - 1]?.rows ?? []) as any[] };
+    };
     logger?.info({ dataDir }, "embedded PGlite opened");
   }
 
@@ -110,6 +125,7 @@ export async function openDb(opts: OpenDbOptions): Promise<Db> {
     kysely,
     kind,
     prepared,
+    executeSql,
     async migrate(service, migrations) {
       const migrator = new Migrator({
         db: kysely,

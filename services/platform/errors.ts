@@ -50,6 +50,14 @@ export function requireId(field: string, v: string): string {
   return v;
 }
 
+/** A required coordinate pair, finite and in range (INVALID_ARGUMENT naming `field.lat` / `field.lng` otherwise). */
+export function requireLatLng(field: string, p: { lat: number; lng: number } | undefined): { lat: number; lng: number } {
+  if (!p) throw invalid(field, "required");
+  if (!Number.isFinite(p.lat) || p.lat < -90 || p.lat > 90) throw invalid(`${field}.lat`, "lat must be a finite number from -90 to 90");
+  if (!Number.isFinite(p.lng) || p.lng < -180 || p.lng > 180) throw invalid(`${field}.lng`, "lng must be a finite number from -180 to 180");
+  return { lat: p.lat, lng: p.lng };
+}
+
 /**
  * Maps anything thrown by a handler to a ConnectError. ConnectErrors and domain errors keep
  * their code and message; anything else becomes INTERNAL with a generic message (the cause is

@@ -236,7 +236,14 @@ export interface ConsumerOptions {
   group: string;
   /** Unique per process (e.g. hostname + pid); a restarted process with the same name resumes its pending entries via claimStale. */
   consumer: string;
-  handle: (e: StreamEntry) => Promise<void>;
+  /** Handles one entry at a time. Exactly one of handle and handleBatch is given. */
+  handle?: (e: StreamEntry) => Promise<void>;
+  /**
+   * Handles each read's not-yet-seen entries, in order, in one call (a handler that writes them
+   * together, say one multi-row insert). All or nothing: on success all are acked; on failure
+   * none are, and the whole batch is retried after claimIdleMs.
+   */
+  handleBatch?: (entries: StreamEntry[]) => Promise<void>;
   seen?: SeenSet;
   logger?: Logger;
   /** Where a new group starts: "0" (default, the whole stream) or "$" (only new entries). */
@@ -259,10 +266,14 @@ export interface Consumer {
  * Reads a stream as a consumer group member: handles entries in order, acks after success,
  * skips (and acks) event ids already handled, and periodically claims entries left pending
  * longer than claimIdleMs. A failed handle leaves its entry pending (logged) and processing
- * moves on; the entry is retried after claimIdleMs, by this or another consumer.
+ * moves on; the entry is retried after claimIdleMs, by this or another consumer. With
+ * handleBatch a failure leaves the whole batch pending instead.
  */
 export function createConsumer(opts: ConsumerOptions): Consumer {
-  const { eventLog, stream, group, consumer, handle } = opts;
+  const { eventLog, stream, group, consumer, handle, handleBatch } = opts;
+  if ((handle === undefined) === (handleBatch === undefined)) {
+    throw new Error("createConsumer: give exactly one of handle and handleBatch");
+  }
   const seen = opts.seen ?? createLruSeenSet();
   const count = opts.count ?? 100;
   const blockMs = opts.blockMs ?? 1000;
@@ -280,11 +291,12 @@ export function createConsumer(opts: ConsumerOptions): Consumer {
   // claimIdleMs; handled ones are then skipped by event id (in this process) or handled again
   // (idempotent handlers, as for any redelivery).
   async function process(entries: StreamEntry[]): Promise<number> {
+    if (handleBatch) return processBatch(entries, handleBatch);
     const done: string[] = [];
     for (const e of entries) {
       try {
         if (!(await seen.has(e.eventId))) {
-          await handle(e);
+          await handle!(e);
           await seen.add(e.eventId);
         }
         done.push(e.id);
@@ -292,15 +304,55 @@ export function createConsumer(opts: ConsumerOptions): Consumer {
         logger?.error({ err, entryId: e.id, eventId: e.eventId, type: e.type }, "event handler failed; left pending");
       }
     }
-    if (done.length > 0) {
-      try {
-        await eventLog.ack(stream, group, done);
-      } catch (err) {
-        logger?.error({ err, entries: done.length }, "ack failed; entries left pending and will be claimed again");
-        return 0;
+    return ackAll(done);
+  }
+
+  // Entries whose event id was handled before are acked whatever the batch's fate (they are
+  // done). A repeat of an event id within the read is not passed again but shares the fate of
+  // its first copy: acked with the batch, or left pending with it.
+  async function processBatch(entries: StreamEntry[], handler: (entries: StreamEntry[]) => Promise<void>): Promise<number> {
+    if (entries.length === 0) return 0;
+    const skipped: string[] = [];
+    const fresh: StreamEntry[] = [];
+    const repeats: string[] = [];
+    try {
+      const inBatch = new Set<string>();
+      for (const e of entries) {
+        if (inBatch.has(e.eventId)) repeats.push(e.id);
+        else if (await seen.has(e.eventId)) skipped.push(e.id);
+        else {
+          inBatch.add(e.eventId);
+          fresh.push(e);
+        }
       }
+    } catch (err) {
+      logger?.error({ err, entries: entries.length }, "seen-set lookup failed; batch left pending");
+      return 0;
     }
-    return done.length;
+    if (fresh.length === 0) return ackAll(skipped);
+    try {
+      await handler(fresh);
+      for (const e of fresh) await seen.add(e.eventId);
+    } catch (err) {
+      logger?.error(
+        { err, entries: fresh.length, firstEntryId: fresh[0]!.id, lastEntryId: fresh[fresh.length - 1]!.id },
+        "batch handler failed; batch left pending",
+      );
+      return ackAll(skipped);
+    }
+    return ackAll(entries.map((e) => e.id));
+  }
+
+  // One XACK per read; returns how many were acked (0 when the ack failed: all stay pending).
+  async function ackAll(ids: string[]): Promise<number> {
+    if (ids.length === 0) return 0;
+    try {
+      await eventLog.ack(stream, group, ids);
+    } catch (err) {
+      logger?.error({ err, entries: ids.length }, "ack failed; entries left pending and will be claimed again");
+      return 0;
+    }
+    return ids.length;
   }
 
   // Where the group starts: opts.startId when first created; "0" when re-created after Redis

@@ -467,6 +467,14 @@ class MemoryKv implements Kv {
     return true;
   }
 
+  async compareAndSwap(key: string, expected: string, value: string, ttlMs: number): Promise<boolean> {
+    if (!Number.isInteger(ttlMs) || ttlMs <= 0) throw new Error(`ttlMs must be a positive integer, got ${ttlMs}`);
+    const v = this.#live(key);
+    if (!v || v.value !== expected) return false;
+    this.#data.set(this.prefix + key, { value, expiresAt: Date.now() + ttlMs });
+    return true;
+  }
+
   async incr(key: string): Promise<number> {
     const v = this.#string(key);
     const cur = v ? Number(v.value) : 0;
@@ -493,6 +501,39 @@ class MemoryKv implements Kv {
   async hgetall(key: string): Promise<Record<string, string>> {
     const v = this.#hash(key);
     return v ? Object.fromEntries(v.value as Map<string, string>) : {};
+  }
+
+  async hdel(key: string, fields: string[]): Promise<number> {
+    const v = this.#hash(key);
+    if (!v) return 0;
+    const map = v.value as Map<string, string>;
+    let n = 0;
+    for (const f of fields) if (map.delete(f)) n++;
+    if (map.size === 0) this.#data.delete(this.prefix + key);
+    return n;
+  }
+
+  async hincrby(key: string, field: string, by: number): Promise<number> {
+    if (!Number.isSafeInteger(by)) throw new Error("ERR value is not an integer or out of range");
+    let v = this.#hash(key);
+    const cur = (v?.value as Map<string, string> | undefined)?.get(field);
+    if (cur !== undefined && !/^-?\d+$/.test(cur)) throw new Error("ERR hash value is not an integer");
+    const next = Number(cur ?? 0) + by;
+    if (!Number.isSafeInteger(next)) throw new Error("ERR increment or decrement would overflow");
+    if (!v) {
+      v = { value: new Map() };
+      this.#data.set(this.prefix + key, v);
+    }
+    (v.value as Map<string, string>).set(field, String(next));
+    return next;
+  }
+
+  async mget(keys: string[]): Promise<(string | null)[]> {
+    // MGET answers nil for a key of another type rather than WRONGTYPE.
+    return keys.map((k) => {
+      const v = this.#live(k)?.value;
+      return typeof v === "string" ? v : null;
+    });
   }
 }
 

@@ -55,6 +55,7 @@ export async function openRealRedis(opts: { redisUrl: string; logger?: Logger; k
   }
   main.defineCommand("dabbaRateHit", { numberOfKeys: 1, lua: RATE_HIT_LUA });
   main.defineCommand("dabbaCompareAndDelete", { numberOfKeys: 1, lua: COMPARE_AND_DELETE_LUA });
+  main.defineCommand("dabbaCompareAndSwap", { numberOfKeys: 1, lua: COMPARE_AND_SWAP_LUA });
   main.defineCommand("dabbaBatch", { lua: BATCH_LUA });
 
   const p = opts.keyPrefix;
@@ -409,6 +410,14 @@ if retry < 1 then retry = 1 end
 return {0, 0, retry}
 `;
 
+const COMPARE_AND_SWAP_LUA = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+`;
+
 const COMPARE_AND_DELETE_LUA = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -538,6 +547,7 @@ type Scripted = Redis & {
   dabbaBatch(numKeys: number, keysAndArgs: (string | Buffer)[]): Promise<number>;
   dabbaRateHit(key: string, limit: number, windowMs: number, member: string): Promise<[number, number, number]>;
   dabbaCompareAndDelete(key: string, expected: string): Promise<number>;
+  dabbaCompareAndSwap(key: string, expected: string, value: string, ttlMs: number): Promise<number>;
 };
 
 class RealRateLimiter implements RateLimiter {
@@ -617,6 +627,11 @@ class RealKv implements Kv {
     return (await (this.main as Scripted).dabbaCompareAndDelete(this.prefix + key, expected)) === 1;
   }
 
+  async compareAndSwap(key: string, expected: string, value: string, ttlMs: number): Promise<boolean> {
+    if (!Number.isInteger(ttlMs) || ttlMs <= 0) throw new Error(`ttlMs must be a positive integer, got ${ttlMs}`);
+    return (await (this.main as Scripted).dabbaCompareAndSwap(this.prefix + key, expected, value, ttlMs)) === 1;
+  }
+
   async incr(key: string): Promise<number> {
     return this.main.incr(this.prefix + key);
   }
@@ -636,6 +651,22 @@ class RealKv implements Kv {
 
   async hgetall(key: string): Promise<Record<string, string>> {
     return this.main.hgetall(this.prefix + key);
+  }
+
+  async hdel(key: string, fields: string[]): Promise<number> {
+    // HDEL needs at least one field; nothing to remove is an answer, not an error.
+    if (fields.length === 0) return 0;
+    return this.main.hdel(this.prefix + key, ...fields);
+  }
+
+  async hincrby(key: string, field: string, by: number): Promise<number> {
+    return this.main.hincrby(this.prefix + key, field, by);
+  }
+
+  async mget(keys: string[]): Promise<(string | null)[]> {
+    if (keys.length === 0) return [];
+    // One array argument (ioredis flattens it): spreading many keys can overflow the stack.
+    return this.main.mget(keys.map((k) => this.prefix + k));
   }
 }
 

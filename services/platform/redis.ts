@@ -98,12 +98,20 @@ export interface Kv {
   del(key: string): Promise<boolean>;
   /** Deletes the key only if it holds expected (lease / offer token release). */
   compareAndDelete(key: string, expected: string): Promise<boolean>;
+  /** Replaces the value (with a new TTL) only if the key holds expected; atomic (a fenced lock changing hands). */
+  compareAndSwap(key: string, expected: string, value: string, ttlMs: number): Promise<boolean>;
   /** Atomic increment (creates at 0); keeps an existing TTL. */
   incr(key: string): Promise<number>;
   /** Sets hash fields; with ttlMs (re)sets the key's TTL, otherwise keeps it. */
   hset(key: string, fields: Record<string, string>, opts?: { ttlMs?: number }): Promise<void>;
   /** All fields; {} when the key is missing. */
   hgetall(key: string): Promise<Record<string, string>>;
+  /** Removes hash fields; returns how many existed. A hash left without fields is deleted (as Redis does). */
+  hdel(key: string, fields: string[]): Promise<number>;
+  /** Adds by (an integer) to a hash field (missing counts as 0); returns the new value. Keeps the key's TTL. */
+  hincrby(key: string, field: string, by: number): Promise<number>;
+  /** String values of many keys in one round trip, in the order given; null for a missing (or non-string) key. */
+  mget(keys: string[]): Promise<(string | null)[]>;
 }
 
 /** One write in a batch (see RedisPorts.batch). */

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { Redis } from "ioredis";
 import { sql } from "kysely";
 import { openDb, type Db } from "../../services/platform/db.js";
-import { createConsumer, createOutboxRelay, createOutboxTableSql } from "../../services/platform/outbox.js";
+import { createConsumer, createLruSeenSet, createOutboxRelay, createOutboxTableSql } from "../../services/platform/outbox.js";
 import { openRedis, type RedisPorts, type StreamEntry } from "../../services/platform/redis.js";
 import { postgresUrl, redisUrl, requireReal, uniqueId } from "../helpers/backends.js";
 import { sleep, until } from "../helpers/wait.js";
@@ -221,6 +221,82 @@ for (const impl of ["memory", "redis"] as const) {
         [["y1", 2]],
       );
       assert.equal(await redis.eventLog.pendingCount(stream, "g"), 0);
+    });
+
+    const entry = (eventId: string, b: number) => ({ type: "t", key: "k", eventId, data: new Uint8Array([b]) });
+
+    it("hands each read's new entries to handleBatch in order in one call and acks them all", async () => {
+      const stream = "batch-ok";
+      await redis.eventLog.appendMany(stream, [entry("b1", 1), entry("b0", 0), entry("b2", 2), entry("b1", 1), entry("b3", 3)]);
+      const seen = createLruSeenSet();
+      seen.add("b0"); // handled before (say by the previous batch of a consumer that died before acking)
+      const calls: StreamEntry[][] = [];
+      const consumer = createConsumer({
+        eventLog: redis.eventLog,
+        stream,
+        group: "g",
+        consumer: "c1",
+        seen,
+        claimIdleMs: 60_000,
+        blockMs: 50,
+        handleBatch: async (entries) => void calls.push(entries),
+      });
+      assert.equal(await consumer.pollOnce(), 5, "every entry of the read is acked, skipped ones included");
+      assert.deepEqual(
+        calls.map((c) => c.map((e) => [e.eventId, [...e.data]])),
+        [[["b1", [1]], ["b2", [2]], ["b3", [3]]]],
+      );
+      assert.equal(await redis.eventLog.pendingCount(stream, "g"), 0);
+      // Handled ids are remembered: a republished one is not passed again.
+      assert.equal(await consumer.pollOnce(), 0);
+      await consumer.start();
+      try {
+        await redis.eventLog.appendMany(stream, [entry("b2", 2), entry("b4", 4), entry("b5", 5)]);
+        await until(async () => calls.length === 2 && (await redis.eventLog.pendingCount(stream, "g")) === 0);
+      } finally {
+        await consumer.stop();
+      }
+      assert.deepEqual(calls[1]!.map((e) => e.eventId), ["b4", "b5"]);
+    });
+
+    it("leaves a failed batch wholly pending and retries all of it after claimIdleMs", async () => {
+      const stream = "batch-fail";
+      await redis.eventLog.appendMany(stream, [entry("f0", 0), entry("f1", 1), entry("f2", 2), entry("f3", 3)]);
+      const seen = createLruSeenSet();
+      seen.add("f0");
+      const calls: [string, number | undefined][][] = [];
+      let failures = 1;
+      const consumer = createConsumer({
+        eventLog: redis.eventLog,
+        stream,
+        group: "g",
+        consumer: "c1",
+        seen,
+        claimIdleMs: 50,
+        handleBatch: async (entries) => {
+          calls.push(entries.map((e) => [e.eventId, e.deliveries]));
+          if (failures-- > 0) throw new Error("sink down");
+        },
+      });
+      assert.equal(await consumer.pollOnce(), 1, "only the entry handled before is acked");
+      assert.equal(await redis.eventLog.pendingCount(stream, "g"), 3);
+      assert.equal(seen.has("f1"), false, "a failed batch is not remembered as handled");
+      await sleep(80);
+      assert.equal(await consumer.pollOnce(), 3);
+      assert.deepEqual(calls, [
+        [["f1", 1], ["f2", 1], ["f3", 1]],
+        [["f1", 2], ["f2", 2], ["f3", 2]],
+      ]);
+      assert.equal(await redis.eventLog.pendingCount(stream, "g"), 0);
+    });
+
+    it("requires exactly one of handle and handleBatch", () => {
+      const base = { eventLog: redis.eventLog, stream: "batch-opts", group: "g", consumer: "c1" };
+      assert.throws(() => createConsumer(base), /exactly one of handle and handleBatch/);
+      assert.throws(
+        () => createConsumer({ ...base, handle: async () => {}, handleBatch: async () => {} }),
+        /exactly one of handle and handleBatch/,
+      );
     });
   });
 }

@@ -456,6 +456,19 @@ for (const impl of ["memory", "redis"] as const) {
         assert.equal(await r.kv.compareAndDelete("offer:driver:1", "order1:7"), false);
       });
 
+      it("compare-and-swaps only the expected value, with the new TTL, once under concurrency", async () => {
+        await r.kv.set("offer:driver:2", "order2:9", { ttlMs: 10_000 });
+        assert.equal(await r.kv.compareAndSwap("offer:driver:2", "order2:8", "x", 5000), false);
+        assert.equal(await r.kv.get("offer:driver:2"), "order2:9");
+        const won = await Promise.all(Array.from({ length: 10 }, (_, i) => r.kv.compareAndSwap("offer:driver:2", "order2:9", `accepting:${i}`, 80)));
+        assert.equal(won.filter(Boolean).length, 1);
+        assert.match((await r.kv.get("offer:driver:2")) ?? "", /^accepting:\d$/);
+        await sleep(130);
+        assert.equal(await r.kv.get("offer:driver:2"), null, "the swapped value carries the new TTL");
+        assert.equal(await r.kv.compareAndSwap("missing", "a", "b", 1000), false);
+        assert.equal(await r.kv.get("missing"), null);
+      });
+
       it("increments atomically and keeps the TTL", async () => {
         const vals = await Promise.all(Array.from({ length: 20 }, () => r.kv.incr("ctr")));
         assert.deepEqual(
@@ -479,6 +492,56 @@ for (const impl of ["memory", "redis"] as const) {
         assert.equal((await r.kv.hgetall("h")).seq, "4");
         await sleep(130);
         assert.deepEqual(await r.kv.hgetall("h"), {});
+      });
+
+      it("deletes hash fields, and the key with its last field", async () => {
+        await r.kv.hset("hd", { a: "1", b: "2", c: "3" }, { ttlMs: 10_000 });
+        assert.equal(await r.kv.hdel("hd", ["a", "missing"]), 1);
+        assert.deepEqual(await r.kv.hgetall("hd"), { b: "2", c: "3" });
+        assert.equal(await r.kv.hdel("hd", []), 0);
+        assert.equal(await r.kv.hdel("hd", ["b", "c", "b"]), 2);
+        assert.deepEqual(await r.kv.hgetall("hd"), {});
+        // The emptied hash is gone, not an empty hash: the key can now hold a string.
+        assert.equal(await r.kv.set("hd", "s", { nx: true }), true);
+        await assert.rejects(r.kv.hdel("hd", ["x"]), /WRONGTYPE/);
+        assert.equal(await r.kv.hdel("hd-missing", ["a"]), 0);
+      });
+
+      it("increments hash fields atomically, keeping the other fields and the TTL", async () => {
+        const vals = await Promise.all(Array.from({ length: 20 }, () => r.kv.hincrby("hi", "n", 2)));
+        assert.deepEqual(
+          [...vals].sort((a, b) => a - b),
+          Array.from({ length: 20 }, (_, i) => 2 * (i + 1)),
+        );
+        assert.equal(await r.kv.hincrby("hi", "n", -45), -5);
+        assert.equal(await r.kv.hincrby("hi", "m", 0), 0);
+        assert.deepEqual(await r.kv.hgetall("hi"), { n: "-5", m: "0" });
+
+        await r.kv.hset("hi-ttl", { n: "7", name: "x" }, { ttlMs: 80 });
+        assert.equal(await r.kv.hincrby("hi-ttl", "n", 1), 8);
+        assert.deepEqual(await r.kv.hgetall("hi-ttl"), { n: "8", name: "x" });
+        await sleep(130);
+        assert.deepEqual(await r.kv.hgetall("hi-ttl"), {});
+
+        await r.kv.hset("hi-bad", { name: "x" });
+        await assert.rejects(r.kv.hincrby("hi-bad", "name", 1), /not an integer/);
+        await assert.rejects(r.kv.hincrby("hi-bad", "n", 1.5), /not an integer/);
+        await r.kv.set("hi-str", "1");
+        await assert.rejects(r.kv.hincrby("hi-str", "n", 1), /WRONGTYPE/);
+      });
+
+      it("reads many string keys in order with mget", async () => {
+        assert.deepEqual(await r.kv.mget([]), []);
+        await r.kv.set("mg:a", "1");
+        await r.kv.set("mg:b", "2");
+        await r.kv.hset("mg:h", { f: "v" });
+        await r.kv.set("mg:gone", "x", { ttlMs: 50 });
+        await sleep(100);
+        assert.deepEqual(await r.kv.mget(["mg:b", "mg:missing", "mg:a", "mg:h", "mg:gone", "mg:b"]), ["2", null, "1", null, null, "2"]);
+        const keys = Array.from({ length: 5000 }, (_, i) => `mg:many:${i}`);
+        for (let i = 0; i < keys.length; i += 500) await Promise.all(keys.slice(i, i + 500).map((k, j) => r.kv.set(k, String(i + j))));
+        const got = await r.kv.mget(keys);
+        assert.deepEqual(got, keys.map((_, i) => String(i)));
       });
     });
   });

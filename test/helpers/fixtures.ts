@@ -1,7 +1,7 @@
 import type { NewRestaurant } from "../../services/catalog/store.js";
 
 /** A restaurant open around the clock in central Bengaluru, with two dishes and a priced option group. */
-export function fixtureRestaurant(id: string, opts: { isOpen?: boolean; lat?: number; lng?: number } = {}): NewRestaurant {
+export function fixtureRestaurant(id: string, opts: { isOpen?: boolean; lat?: number; lng?: number; city?: string } = {}): NewRestaurant {
   const hours = [0, 1, 2, 3, 4, 5, 6].map((d) => ({ dayOfWeek: d, openMinute: 0, closeMinute: 1440 }));
   return {
     id,
@@ -20,7 +20,7 @@ export function fixtureRestaurant(id: string, opts: { isOpen?: boolean; lat?: nu
     avgPrepMinutes: 15,
     popularity: 0.5,
     currency: "USD",
-    city: "bengaluru",
+    city: opts.city ?? "bengaluru",
     utcOffsetMinutes: 330,
     searchText: "dosa test kitchen indian",
     categories: [

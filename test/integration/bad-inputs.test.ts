@@ -43,6 +43,7 @@ for (const backend of ["real", "embedded"] as Backend[]) {
       restaurantId: t.restaurantId,
       lines: [{ itemId: `${t.restaurantId}-dosa`, quantity: 1 }],
       delivery: { location: NEARBY, addressLine: "1 Church Street" },
+      paymentToken: "tok_visa",
       ...over,
     }) as Cart;
 

@@ -53,7 +53,7 @@ for (const backend of ["embedded", "real"] as Backend[]) {
         const tracking = await t.client(TrackingService, customerKind, "customer", customerId);
 
         const placed = await orders.placeOrder(
-          { restaurantId: t.restaurantId, lines: [{ itemId: `${t.restaurantId}-dosa`, quantity: 1 }], delivery: { location: NEARBY, addressLine: "12 Church Street" } },
+          { restaurantId: t.restaurantId, lines: [{ itemId: `${t.restaurantId}-dosa`, quantity: 1 }], delivery: { location: NEARBY, addressLine: "12 Church Street" }, paymentToken: "tok_visa" },
           { headers: { "idempotency-key": `k-${uniqueId()}` } },
         );
         const orderId = placed.order!.id;

@@ -6,6 +6,7 @@ import { DispatchService } from "../../gen/dabba/dispatch/v1/dispatch_service_pb
 import { LocationService } from "../../gen/dabba/location/v1/location_service_pb.js";
 import { OrderStatus, type Order } from "../../gen/dabba/order/v1/order_pb.js";
 import { OrderService } from "../../gen/dabba/order/v1/order_service_pb.js";
+import { TrackingService } from "../../gen/dabba/tracking/v1/tracking_service_pb.js";
 import { uniqueId } from "../helpers/backends.js";
 import { NEARBY } from "../helpers/fixtures.js";
 import { until } from "../helpers/wait.js";
@@ -38,7 +39,7 @@ async function journey(t: TestMesh, kind: ClientKind): Promise<Journey> {
       { itemId: `${t.restaurantId}-dosa`, quantity: 1 },
     ],
     delivery: { location: NEARBY, addressLine: "12 Church Street" },
-    tipMinor: 100n,
+    tipMinor: 100n, paymentToken: "tok_visa",
   };
   const quote = await orders.quoteOrder(cart);
 
@@ -116,15 +117,19 @@ for (const backend of ["embedded", "real"] as Backend[]) {
     });
 
     for (const kind of CLIENT_KINDS) {
-      it(`answers UNIMPLEMENTED for services of later issues, unary and streaming (${kind})`, async () => {
-        const dispatch = await t.client(DispatchService, kind, "driver", "d1");
-        await assert.rejects(dispatch.goOnline({ city: "bengaluru", vehicleType: VehicleType.SCOOTER }), (e: ConnectError) => e.code === Code.Unimplemented);
-        await assert.rejects(
-          (async () => {
-            for await (const _ of dispatch.streamOffers({})) break;
-          })(),
-          (e: ConnectError) => e.code === Code.Unimplemented,
-        );
+      it(`serves DispatchService unary and streaming calls and the notification inbox (${kind})`, async () => {
+        const dispatch = await t.client(DispatchService, kind, "driver", `d-${uniqueId()}`);
+        assert.equal((await dispatch.goOnline({ city: "bengaluru", vehicleType: VehicleType.SCOOTER })).online, true);
+        // An offer stream of a driver without offers stays open until the caller leaves.
+        const abort = new AbortController();
+        const opened = (async () => {
+          for await (const _ of dispatch.streamOffers({}, { signal: abort.signal })) break;
+        })();
+        setTimeout(() => abort.abort(), 200);
+        await assert.rejects(opened, (e: ConnectError) => e.code === Code.Canceled);
+        const tracking = await t.client(TrackingService, kind, "customer", "c1");
+        const inbox = await tracking.listNotifications({});
+        assert.deepEqual(inbox.notifications, []);
       });
 
       if (kind === "grpc-js" || kind === "connect-grpc") {

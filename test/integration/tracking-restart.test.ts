@@ -8,7 +8,8 @@ import { DriverPositionSchema } from "../../gen/dabba/location/v1/location_pb.js
 import { OrderStatus } from "../../gen/dabba/order/v1/order_pb.js";
 import { OrderService } from "../../gen/dabba/order/v1/order_service_pb.js";
 import { TrackingService, type TrackOrderResponse } from "../../gen/dabba/tracking/v1/tracking_service_pb.js";
-import { defaultTrackingConfig } from "../../services/platform/config.js";
+import { injectGatewayFault } from "../../services/order/payments/index.js";
+import { defaultPaymentsConfig, defaultTrackingConfig } from "../../services/platform/config.js";
 import { encodePosition } from "../../services/tracking/channel.js";
 import type { TrackingServiceModule } from "../../services/tracking/index.js";
 import { requireReal, uniqueId } from "../helpers/backends.js";
@@ -39,7 +40,12 @@ for (const backend of ["embedded", "real"] as Backend[]) {
         services: ["catalog", "order", "tracking"],
         redisUrl: `redis://127.0.0.1:${port}`,
         tracking: { ...defaultTrackingConfig, positionIntervalMs: 50 },
+        // The refused settlement calls below must not open the breaker (placements would then wait PAYMENT_PENDING).
+        payments: { ...defaultPaymentsConfig, breakerMinCalls: 1_000_000 },
       });
+      // The payment worker's events take order sequences at a moment of their own; with the test
+      // gateway refusing settlement calls they stay out, so the exact event ids asserted below hold.
+      for (const op of ["capture", "void", "refund"] as const) await injectGatewayFault(t.mesh.db, op, { kind: "error", rate: 1 });
       raw = new Redis({ port, host: "127.0.0.1", maxRetriesPerRequest: 1, retryStrategy: (n) => Math.min(n * 50, 500) });
       raw.on("error", () => {});
     });
@@ -60,7 +66,7 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       const ops = await mesh.client(OrderService, "connect-grpc", "ops", "op-1");
       const driver = await mesh.client(OrderService, "connect-grpc", "driver", driverId);
       const placed = await orders.placeOrder(
-        { restaurantId: mesh.restaurantId, lines: [{ itemId: `${mesh.restaurantId}-dosa`, quantity: 1 }], delivery: { location: NEARBY, addressLine: "1 Test Road" } },
+        { restaurantId: mesh.restaurantId, lines: [{ itemId: `${mesh.restaurantId}-dosa`, quantity: 1 }], delivery: { location: NEARBY, addressLine: "1 Test Road" }, paymentToken: "tok_visa" },
         { headers: { "idempotency-key": `k-${uniqueId()}` } },
       );
       const orderId = placed.order!.id;

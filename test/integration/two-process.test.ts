@@ -108,6 +108,7 @@ describe("two processes: catalog in one, order in the other, talking gRPC", func
       restaurantId: rid,
       lines: [{ itemId: `${rid}-biryani`, quantity: 1, optionIds: [`${rid}-egg`] }],
       delivery: { location: NEARBY, addressLine: "5 Brigade Road" },
+      paymentToken: "tok_visa",
     };
     const quote = await orders.quoteOrder(cart);
     assert.equal(quote.subtotal!.amountMinor, 1260n);

@@ -9,7 +9,7 @@ import { createCatalogService } from "../../services/catalog/index.js";
 import { createCatalogStore } from "../../services/catalog/store.js";
 import { createOrderService } from "../../services/order/index.js";
 import { authInterceptor, bearer, createVerifier, mintToken, type Role } from "../../services/platform/auth.js";
-import { defaultOrderConfig, testConfig } from "../../services/platform/config.js";
+import { defaultOrderConfig, testConfig, type Config } from "../../services/platform/config.js";
 import { openDb, type Db } from "../../services/platform/db.js";
 import { createLogger } from "../../services/platform/logger.js";
 import { openRedis, type RedisPorts } from "../../services/platform/redis.js";
@@ -51,23 +51,24 @@ describe("OrderService races (Postgres + Redis)", function () {
   const client = (i: number) => clients[i % clients.length];
   const k = () => db.kysely as Kysely<any>;
 
-  before(async function () {
-    await requireReal("postgres", this);
-    await requireReal("redis", this);
-    await admin(`create database ${dbName}`);
-    created = true;
-    const u = new URL(postgresUrl());
-    u.pathname = `/${dbName}`;
-    const interceptors = [authInterceptor(await createVerifier(cfg.auth))];
-    const serviceToken = await mintToken(cfg.auth, { role: "service", sub: "order" });
+  let dbUrl = "";
+  let interceptors: ReturnType<typeof authInterceptor>[] = [];
+  let serviceToken = "";
+
+  /**
+   * Two order service instances on the database, each with its own pool and Redis connection (as
+   * two processes); the first call also migrates and seeds the catalog. Closed in after().
+   */
+  async function openInstances(config: Config, poolSize: number): Promise<Client<typeof OrderService>[]> {
+    const out: Client<typeof OrderService>[] = [];
     for (let i = 0; i < 2; i++) {
-      const idb = await openDb({ databaseUrl: u.toString(), dataDir: "memory://", poolSize: 25 });
+      const idb = await openDb({ databaseUrl: dbUrl, dataDir: "memory://", poolSize });
       const redis = await openRedis({ redisUrl: redisUrl(), keyPrefix: `test:${run}:` });
       dbs.push(idb);
       redises.push(redis);
       let catalog: ServiceModule | undefined;
       const deps: ServiceDeps = {
-        config: cfg,
+        config,
         db: idb,
         redis,
         logger: createLogger("silent"),
@@ -79,7 +80,7 @@ describe("OrderService races (Postgres + Redis)", function () {
       };
       catalog = createCatalogService(deps);
       const order = createOrderService(deps);
-      if (i === 0) {
+      if (dbs.length === 1) {
         await idb.migrate("catalog", catalog.migrations);
         await idb.migrate("order", order.migrations);
         const hours = [0, 1, 2, 3, 4, 5, 6].map((d) => ({ dayOfWeek: d, openMinute: 0, closeMinute: 1440 }));
@@ -96,11 +97,25 @@ describe("OrderService races (Postgres + Redis)", function () {
       }
       await order.start();
       modules.push(order);
-      clients.push(createClient(OrderService, createRouterTransport(({ service }) => {
+      out.push(createClient(OrderService, createRouterTransport(({ service }) => {
         service(catalog!.desc, catalog!.impl);
         service(order.desc, order.impl);
       }, { router: { interceptors } })));
     }
+    return out;
+  }
+
+  before(async function () {
+    await requireReal("postgres", this);
+    await requireReal("redis", this);
+    await admin(`create database ${dbName}`);
+    created = true;
+    const u = new URL(postgresUrl());
+    u.pathname = `/${dbName}`;
+    dbUrl = u.toString();
+    interceptors = [authInterceptor(await createVerifier(cfg.auth))];
+    serviceToken = await mintToken(cfg.auth, { role: "service", sub: "order" });
+    clients.push(...(await openInstances(cfg, 25)));
     db = dbs[0];
   });
 
@@ -115,7 +130,7 @@ describe("OrderService races (Postgres + Redis)", function () {
     restaurantId: rid,
     lines: [{ itemId: `${rid}-dosa`, quantity: 2, optionIds: [], note: "" }] as unknown as CartLine[],
     delivery: { location: { lat: 12.98, lng: 77.6 }, addressLine: "Church Street 5", instructions: "" },
-    tipMinor: 0n,
+    tipMinor: 0n, paymentToken: "tok_visa",
   });
 
   async function placed(): Promise<{ order: Order; customer: string }> {
@@ -178,7 +193,7 @@ describe("OrderService races (Postgres + Redis)", function () {
     assert.equal(results.filter((x) => x.ok).length, 50);
     const history = await historyOf(order.id);
     assert.deepEqual(history.map((h) => [Number(h.seq), h.status]), [[1, "PLACED"], [2, row.status]]);
-    const events = await k().selectFrom("outbox").select("event_type").where("event_key", "=", order.id).orderBy("id").execute();
+    const events = await k().selectFrom("outbox").select("event_type").where("event_key", "=", order.id).where("event_type", "<>", "payment").orderBy("id").execute();
     assert.deepEqual(events.map((e) => e.event_type), ["placed", winner === "accept" ? "confirmed" : "rejected"]);
   });
 
@@ -233,7 +248,7 @@ describe("OrderService races (Postgres + Redis)", function () {
     for (const r of results) {
       if (!r.ok) {
         assert.equal(Code[r.error.code], "FailedPrecondition");
-        assert.match(r.error.rawMessage, /driver already has an active order/);
+        assert.match(r.error.rawMessage, /driver already carries 1 active orders \(limit 1\)/);
       }
     }
     const held = await k().selectFrom("orders").select("id").where("driver_id", "=", driver).execute();
@@ -251,4 +266,36 @@ describe("OrderService races (Postgres + Redis)", function () {
     const other = orders.find((o) => o.id !== heldId)!;
     await client(1).assignDriver({ orderId: other.id, driverId: driver, fencingToken: 2n }, svc);
   });
+
+  for (const stackSize of [1, 2]) {
+    it(`one driver assigned concurrently to 40 orders with stackSize ${stackSize} gets exactly ${stackSize}`, async () => {
+      // stackSize 1 runs on the suite's instances (the default config); 2 on a pair of its own.
+      const cs = stackSize === 1 ? clients : await openInstances({ ...cfg, dispatch: { ...cfg.dispatch, stackSize } }, 12);
+      const via = (i: number) => cs[i % cs.length]!;
+      const orders = await Promise.all(Array.from({ length: 40 }, () => confirmed()));
+      const svc = auth(await token("service", "dispatch"));
+      const driver = `drv-stack${stackSize}-${run}`;
+      const results = await settle(orders.map((o, i) => via(i).assignDriver({ orderId: o.id, driverId: driver, fencingToken: BigInt(i + 1) }, svc)));
+      const won = results.filter((r) => r.ok);
+      assert.equal(won.length, stackSize);
+      const limit = new RegExp(`^driver already carries ${stackSize} active orders \\(limit ${stackSize}\\)$`);
+      for (const r of results) {
+        if (!r.ok) {
+          assert.equal(Code[r.error.code], "FailedPrecondition", r.error.message);
+          assert.match(r.error.rawMessage, limit);
+        }
+      }
+      const held = await k().selectFrom("orders").select(["id", "version", "last_fencing_token"]).where("driver_id", "=", driver).execute();
+      assert.deepEqual(held.map((h) => h.id).sort(), won.map((r) => r.ok && r.value.order!.id).sort());
+      for (const h of held) assert.equal(Number(h.version), 3);
+      const assigned = await k().selectFrom("order_status_history").select("order_id").where("driver_id", "=", driver).where("kind", "=", "driver_assigned").execute();
+      assert.equal(assigned.length, stackSize);
+      const events = await k().selectFrom("outbox").select("event_key").where("event_type", "=", "driver_assigned").where("event_key", "in", orders.map((o) => o.id)).execute();
+      assert.deepEqual(events.map((e) => e.event_key).sort(), held.map((h) => h.id).sort());
+      // The losers were left as they were.
+      const losers = await k().selectFrom("orders").select(["status", "version", "driver_id"]).where("id", "in", orders.map((o) => o.id)).where("driver_id", "is", null).execute();
+      assert.equal(losers.length, 40 - stackSize);
+      for (const l of losers) assert.deepEqual([l.status, Number(l.version)], ["CONFIRMED", 2]);
+    });
+  }
 });

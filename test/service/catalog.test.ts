@@ -15,10 +15,10 @@ import { rankScore, searchText, type Hours, type ItemInfo } from "../../services
 import { DEMO_CITY, seedCity } from "../../services/catalog/seed.js";
 import { createCatalogStore, type NewRestaurant } from "../../services/catalog/store.js";
 import { authInterceptor, createVerifier, mintToken, type Role } from "../../services/platform/auth.js";
-import { testConfig } from "../../services/platform/config.js";
+import { defaultEtaConfig, testConfig } from "../../services/platform/config.js";
 import { openDb, type Db } from "../../services/platform/db.js";
 import { createLogger } from "../../services/platform/logger.js";
-import type { RedisPorts } from "../../services/platform/redis.js";
+import { openRedis } from "../../services/platform/redis.js";
 import { requireReal } from "../helpers/backends.js";
 import { createRunDatabase } from "../helpers/run-database.js";
 
@@ -114,7 +114,7 @@ for (const backend of ["pglite", "postgres"] as Backend[]) {
         db = await openDb({ dataDir: "memory://" });
       }
       const module = createCatalogService(
-        { config: cfg, db, redis: {} as RedisPorts, logger: createLogger("silent"), peer: () => { throw new Error("no peers"); } },
+        { config: cfg, db, redis: await openRedis({}), logger: createLogger("silent"), peer: () => { throw new Error("no peers"); } },
         { now: () => NOW },
       );
       await db.migrate("catalog", module.migrations);
@@ -202,7 +202,9 @@ for (const backend of ["pglite", "postgres"] as Backend[]) {
           const expected = rankScore({ distanceKm: r.distanceKm, radiusKm: 10, rating: x.rating, popularity: x.popularity });
           assert.ok(Math.abs(expected - r.score) < 1e-3, `${x.id}: ${r.score} vs ${expected}`);
           assert.equal(r.deliveryFee!.amountMinor, BigInt(Math.round(199 + 50 * r.distanceKm)));
-          assert.ok(r.eta!.maxMinutes - r.eta!.minMinutes >= 10);
+          // No history yet: the configured prep plus the trip, +-defaultHalfWidth, never narrower than the minimum range.
+          assert.ok(r.eta!.maxMinutes - r.eta!.minMinutes >= defaultEtaConfig.minRangeMinutes, JSON.stringify(r.eta));
+          assert.ok(r.eta!.maxMinutes > x.avgPrepMinutes && r.eta!.minMinutes >= x.avgPrepMinutes - defaultEtaConfig.defaultHalfWidthMinutes, JSON.stringify(r.eta));
         }
         const slice = res.results.find((r) => r.restaurant!.id === "slice")!;
         assert.ok(Math.abs(slice.distanceKm - 0.5) < 0.01, String(slice.distanceKm));
@@ -417,7 +419,7 @@ describe("CatalogService demo seed", function () {
     const cfg = testConfig({ demoSeed: true });
     const db = await openDb({ dataDir: "memory://" });
     try {
-      const module = createCatalogService({ config: cfg, db, redis: {} as RedisPorts, logger: createLogger("silent"), peer: () => { throw new Error("no peers"); } });
+      const module = createCatalogService({ config: cfg, db, redis: await openRedis({}), logger: createLogger("silent"), peer: () => { throw new Error("no peers"); } });
       await db.migrate("catalog", module.migrations);
       await module.start();
       assert.equal(await createCatalogStore(db).countRestaurants(), DEMO_RESTAURANTS);

@@ -21,7 +21,7 @@ import { openDb, type Db } from "../../services/platform/db.js";
 import { LOCAL_PROTOCOL, createLocalTransport } from "../../services/platform/local-transport.js";
 import { createLogger } from "../../services/platform/logger.js";
 import { createPeers } from "../../services/platform/peers.js";
-import type { RedisPorts } from "../../services/platform/redis.js";
+import { createMemoryRedis } from "../../services/platform/redis-memory.js";
 import { REQUEST_ID_HEADER, loggingInterceptor } from "../../services/platform/request-log.js";
 import type { ServiceModule, ServiceName } from "../../services/platform/service.js";
 import { NEARBY, fixtureRestaurant } from "../helpers/fixtures.js";
@@ -54,7 +54,7 @@ describe("createLocalTransport", function () {
 
   before(async () => {
     db = await openDb({ dataDir: "memory://" });
-    catalog = createCatalogService({ config: cfg, db, redis: {} as RedisPorts, logger: createLogger("silent"), peer: () => { throw new Error("no peers"); } });
+    catalog = createCatalogService({ config: cfg, db, redis: createMemoryRedis(), logger: createLogger("silent"), peer: () => { throw new Error("no peers"); } });
     await db.migrate("catalog", catalog.migrations);
     await createCatalogStore(db).insertRestaurants([fixtureRestaurant(RID)]);
     const verifier = await createVerifier(cfg.auth);

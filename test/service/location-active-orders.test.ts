@@ -14,6 +14,7 @@ import { DRIVER_ACTIVE_CHANNEL, LOCATION_EVENTS_STREAM, driverActiveKey } from "
 import type { AcceptedFix, ActiveOrders } from "../../services/location/types.js";
 import { ORDER_EVENTS_STREAM } from "../../services/order/store.js";
 import { EARTH_RADIUS_M, haversineKm, type RedisPorts } from "../../services/platform/redis.js";
+import { defaultDispatchConfig } from "../../services/platform/config.js";
 import { createLogger } from "../../services/platform/logger.js";
 import { uniqueId } from "../helpers/backends.js";
 import { NEARBY } from "../helpers/fixtures.js";
@@ -112,13 +113,13 @@ async function parties(tm: TestMesh): Promise<Parties> {
   };
 }
 
-async function placeAndAccept(tm: TestMesh, p: Parties): Promise<Order> {
+async function placeAndAccept(tm: TestMesh, p: Parties, door: LatLng = DOOR): Promise<Order> {
   const placed = await p.customer.placeOrder(
     {
       restaurantId: tm.restaurantId,
       lines: [{ itemId: `${tm.restaurantId}-dosa`, quantity: 1, optionIds: [], note: "" }],
-      delivery: { location: DOOR, addressLine: "Church Street 5", instructions: "" },
-      tipMinor: 0n,
+      delivery: { location: door, addressLine: "Church Street 5", instructions: "" },
+      tipMinor: 0n, paymentToken: "tok_visa",
     },
     { headers: { "idempotency-key": uniqueId() } },
   );
@@ -152,7 +153,8 @@ for (const backend of ["embedded", "real"] as Backend[]) {
 
     before(async function () {
       // Only catalog and order in the mesh: the tracker under test is the only member of its group.
-      tm = await startTestMesh(backend, { services: ["catalog", "order"] });
+      // Drivers may carry two orders at once (dispatch stacking).
+      tm = await startTestMesh(backend, { services: ["catalog", "order"], dispatch: { ...defaultDispatchConfig, stackSize: 2 } });
       redis = tm.mesh.redis;
       p = await parties(tm);
       active = tracker();
@@ -168,20 +170,21 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       const driverId = `drv-${uniqueId()}`;
       const driver = await p.driver(driverId);
       await active.attach(driverId);
-      assert.equal(active.get(driverId), undefined);
+      assert.deepEqual(active.get(driverId), []);
 
       const order = await placeAndAccept(tm, p);
       await p.ops.assignDriver({ orderId: order.id, driverId, fencingToken: 0n });
       // The consumer writes the hash and broadcasts; the cache of this (attached) driver follows.
-      await until(() => active.get(driverId)?.orderId === order.id, 10_000, "assignment cached");
-      const a = active.get(driverId)!;
+      await until(() => active.get(driverId)[0]?.orderId === order.id, 10_000, "assignment cached");
+      assert.equal(active.get(driverId).length, 1);
+      const a = active.get(driverId)[0]!;
       assert.equal(a.driverId, driverId);
       assert.equal(a.customerId, order.customerId);
       assert.equal(a.restaurantId, tm.restaurantId);
       assert.equal(a.status, "CONFIRMED");
       assertNear(a.pickup, RESTAURANT);
       assertNear(a.dropoff, DOOR);
-      assert.deepEqual(await active.lookup(driverId), a);
+      assert.deepEqual(await active.lookup(driverId), [a]);
 
       const trace = new Trace(driverId, Date.now() - 600_000);
       active.observe(trace.drive(offset(RESTAURANT, -900, -400), RESTAURANT));
@@ -192,12 +195,12 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       await p.restaurant.markReady({ orderId: order.id });
       active.observe(trace.stay(RESTAURANT, 60)); // waiting for the food: nothing new
       await driver.confirmPickup({ orderId: order.id });
-      await until(() => active.get(driverId)?.status === "PICKED_UP", 10_000, "PICKED_UP cached");
+      await until(() => active.get(driverId)[0]?.status === "PICKED_UP", 10_000, "PICKED_UP cached");
 
       // Leaving with the food: the order becomes EN_ROUTE without anyone calling MarkEnRoute.
       active.observe(trace.drive(RESTAURANT, DOOR));
       await until(async () => (await p.customer.getOrder({ orderId: order.id })).order?.status === OrderStatus.EN_ROUTE, 10_000, "order EN_ROUTE");
-      await until(() => active.get(driverId)?.status === "EN_ROUTE", 10_000, "EN_ROUTE cached");
+      await until(() => active.get(driverId)[0]?.status === "EN_ROUTE", 10_000, "EN_ROUTE cached");
       active.observe(trace.stay(DOOR, 40));
       await until(async () => kinds(await geofenceEvents(redis, order.id)).includes(ARRIVED_CUSTOMER), 10_000, "ARRIVED_CUSTOMER on the stream");
 
@@ -219,8 +222,72 @@ for (const backend of ["embedded", "real"] as Backend[]) {
         assert.ok(haversineKm(loc.lng, loc.lat, RESTAURANT.lng, RESTAURANT.lat) * 1000 >= tm.config.location.geofence.restaurantExitM);
       }
       await driver.confirmDelivery({ orderId: order.id });
-      await until(async () => (await active.lookup(driverId)) === undefined, 10_000, "hash deleted after delivery");
-      await until(() => active.get(driverId) === undefined, 10_000, "cache cleared after delivery");
+      await until(async () => (await active.lookup(driverId)).length === 0, 10_000, "order gone from Redis after delivery");
+      await until(() => active.get(driverId).length === 0, 10_000, "cache cleared after delivery");
+      assert.deepEqual(await redis.kv.hgetall(driverActiveKey(driverId)), {});
+      active.detach(driverId);
+    });
+
+    it("runs stacked orders side by side: fences per order, each order EN_ROUTE by itself, one delivery keeps the other", async () => {
+      const driverId = `drv-${uniqueId()}`;
+      const driver = await p.driver(driverId);
+      await active.attach(driverId);
+      // Two orders from the restaurant to doors in opposite directions.
+      const farDoor = offset(RESTAURANT, -1500, 0);
+      const a = await placeAndAccept(tm, p);
+      const b = await placeAndAccept(tm, p, farDoor);
+      await p.ops.assignDriver({ orderId: a.id, driverId, fencingToken: 0n });
+      await p.ops.assignDriver({ orderId: b.id, driverId, fencingToken: 0n });
+      const carried = () => active.get(driverId).map((x) => [x.orderId, x.status]);
+      await until(() => carried().length === 2, 10_000, "both orders cached");
+      assert.deepEqual(carried(), [[a.id, "CONFIRMED"], [b.id, "CONFIRMED"]], "oldest assignment first");
+      const [ca, cb] = active.get(driverId);
+      assertNear(ca!.dropoff, DOOR);
+      assertNear(cb!.dropoff, farDoor);
+      assert.deepEqual(await active.lookup(driverId), active.get(driverId));
+
+      const trace = new Trace(driverId, Date.now() - 900_000);
+      active.observe(trace.drive(offset(RESTAURANT, -900, -400), RESTAURANT));
+      active.observe(trace.stay(RESTAURANT, 30));
+      for (const o of [a, b]) await until(async () => kinds(await geofenceEvents(redis, o.id)).includes(ARRIVED_RESTAURANT), 10_000, "ARRIVED_RESTAURANT for each order");
+      await until(async () => {
+        const h = await redis.kv.hgetall(driverActiveKey(driverId));
+        return [a, b].every((o) => /:2$/.test(h[`f:${o.id}`] ?? ""));
+      }, 10_000, "each order's fences persisted");
+
+      for (const o of [a, b]) {
+        await p.restaurant.startPreparing({ orderId: o.id });
+        await p.restaurant.markReady({ orderId: o.id });
+        await driver.confirmPickup({ orderId: o.id });
+      }
+      await until(() => carried().every(([, s]) => s === "PICKED_UP"), 10_000, "both PICKED_UP cached");
+
+      // Leaving with both: each order becomes EN_ROUTE by its own LEFT_RESTAURANT.
+      active.observe(trace.drive(RESTAURANT, DOOR));
+      for (const o of [a, b]) {
+        await until(async () => (await p.ops.getOrder({ orderId: o.id })).order?.status === OrderStatus.EN_ROUTE, 10_000, "each order EN_ROUTE");
+      }
+      active.observe(trace.stay(DOOR, 40));
+      await until(async () => kinds(await geofenceEvents(redis, a.id)).includes(ARRIVED_CUSTOMER), 10_000, "ARRIVED_CUSTOMER for the first order");
+      assert.deepEqual(kinds(await geofenceEvents(redis, a.id)), [ARRIVED_RESTAURANT, LEFT_RESTAURANT, APPROACHING_CUSTOMER, ARRIVED_CUSTOMER]);
+      assert.deepEqual(kinds(await geofenceEvents(redis, b.id)), [ARRIVED_RESTAURANT, LEFT_RESTAURANT], "the other customer's fences are its own");
+
+      // Delivering the first removes only it.
+      await driver.confirmDelivery({ orderId: a.id });
+      await until(() => carried().length === 1, 10_000, "the delivered order dropped from the cache");
+      assert.deepEqual(carried(), [[b.id, "EN_ROUTE"]]);
+      assert.deepEqual((await active.lookup(driverId)).map((x) => x.orderId), [b.id]);
+      const h = await redis.kv.hgetall(driverActiveKey(driverId));
+      assert.deepEqual(Object.keys(h).sort(), [`f:${b.id}`, `o:${b.id}`]);
+
+      // The second order's fences go on.
+      active.observe(trace.drive(DOOR, farDoor));
+      active.observe(trace.stay(farDoor, 40));
+      await until(async () => kinds(await geofenceEvents(redis, b.id)).includes(ARRIVED_CUSTOMER), 10_000, "ARRIVED_CUSTOMER for the second order");
+      assert.deepEqual(kinds(await geofenceEvents(redis, b.id)), [ARRIVED_RESTAURANT, LEFT_RESTAURANT, APPROACHING_CUSTOMER, ARRIVED_CUSTOMER]);
+      assert.deepEqual(kinds(await geofenceEvents(redis, a.id)), [ARRIVED_RESTAURANT, LEFT_RESTAURANT, APPROACHING_CUSTOMER, ARRIVED_CUSTOMER], "nothing more for the delivered order");
+      await driver.confirmDelivery({ orderId: b.id });
+      await until(() => carried().length === 0, 10_000, "cache empty after both deliveries");
       assert.deepEqual(await redis.kv.hgetall(driverActiveKey(driverId)), {});
       active.detach(driverId);
     });
@@ -230,22 +297,22 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       const driver = await p.driver(driverId);
       const order = await placeAndAccept(tm, p);
       await p.ops.assignDriver({ orderId: order.id, driverId, fencingToken: 0n });
-      await until(async () => (await active.lookup(driverId))?.orderId === order.id, 10_000, "assignment in Redis");
+      await until(async () => (await active.lookup(driverId))[0]?.orderId === order.id, 10_000, "assignment in Redis");
 
       await active.attach(driverId);
       const trace = new Trace(driverId, Date.now() - 600_000);
       active.observe(trace.stay(RESTAURANT, 30));
       await until(async () => kinds(await geofenceEvents(redis, order.id)).includes(ARRIVED_RESTAURANT), 10_000, "ARRIVED_RESTAURANT");
-      await until(async () => /:2$/.test((await redis.kv.hgetall(driverActiveKey(driverId))).fence ?? ""), 10_000, "fence state persisted");
-      const persisted = (await redis.kv.hgetall(driverActiveKey(driverId))).fence!;
-      assert.match(persisted, new RegExp(`^${order.id}#\\d+\\|1\\d\\d:${1 << ARRIVED_RESTAURANT}$`));
+      const fenceOf = async () => (await redis.kv.hgetall(driverActiveKey(driverId)))[`f:${order.id}`] ?? "";
+      await until(async () => /:2$/.test(await fenceOf()), 10_000, "fence state persisted");
+      assert.match(await fenceOf(), new RegExp(`^\\d+\\|1\\d\\d:${1 << ARRIVED_RESTAURANT}$`));
 
       // The stream moves to another process: it loads the assignment and the fences from Redis.
       active.detach(driverId);
       const other = tracker();
       others.push(other);
       await other.attach(driverId);
-      assert.equal(other.get(driverId)?.orderId, order.id);
+      assert.deepEqual(other.get(driverId).map((x) => x.orderId), [order.id]);
       other.observe(trace.stay(RESTAURANT, 60)); // still at the restaurant: already arrived
       await p.restaurant.startPreparing({ orderId: order.id });
       await p.restaurant.markReady({ orderId: order.id });
@@ -253,7 +320,7 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       // This process is not started (no broadcasts); its periodic refresh is off too, so attach again to reload.
       await until(async () => {
         await other.attach(driverId);
-        return other.get(driverId)?.status === "PICKED_UP";
+        return other.get(driverId)[0]?.status === "PICKED_UP";
       }, 10_000, "PICKED_UP loaded");
       other.observe(trace.drive(RESTAURANT, offset(RESTAURANT, 0, 600)));
       await until(async () => (await p.customer.getOrder({ orderId: order.id })).order?.status === OrderStatus.EN_ROUTE, 10_000, "order EN_ROUTE");
@@ -273,7 +340,7 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       await active.attach(driverId);
       await until(async () => {
         await active.attach(driverId);
-        return active.get(driverId)?.status === "PICKED_UP";
+        return active.get(driverId)[0]?.status === "PICKED_UP";
       }, 10_000, "PICKED_UP cached");
       await driver.markEnRoute({ orderId: order.id }); // the app's button, before the geofence sees it
       const trace = new Trace(driverId, Date.now() - 600_000);
@@ -291,10 +358,10 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       await active.attach(driverId);
       const o1 = await placeAndAccept(tm, p);
       await p.ops.assignDriver({ orderId: o1.id, driverId, fencingToken: 0n });
-      await until(() => active.get(driverId)?.orderId === o1.id, 10_000, "assignment cached");
+      await until(() => active.get(driverId)[0]?.orderId === o1.id, 10_000, "assignment cached");
       await p.ops.unassignDriver({ orderId: o1.id, driverId, reason: "released" });
-      await until(() => active.get(driverId) === undefined, 10_000, "unassignment cached");
-      assert.equal(await active.lookup(driverId), undefined);
+      await until(() => active.get(driverId).length === 0, 10_000, "unassignment cached");
+      assert.deepEqual(await active.lookup(driverId), []);
 
       // At least once: the driver_assigned entry of o1 arrives again (a new entry id and event id,
       // so only the per-order sequence tells it is old).
@@ -310,45 +377,39 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       await active.attach(sentinel);
       const o2 = await placeAndAccept(tm, p);
       await p.ops.assignDriver({ orderId: o2.id, driverId: sentinel, fencingToken: 0n });
-      await until(() => active.get(sentinel)?.orderId === o2.id, 10_000, "sentinel assignment cached");
-      assert.equal(await active.lookup(driverId), undefined, "the old assignment stayed ended");
-      assert.equal(active.get(driverId), undefined);
+      await until(() => active.get(sentinel)[0]?.orderId === o2.id, 10_000, "sentinel assignment cached");
+      assert.deepEqual(await active.lookup(driverId), [], "the old assignment stayed ended");
+      assert.deepEqual(active.get(driverId), []);
 
       // Cancelled while assigned: the released driver's hash goes (the cancelled snapshot no longer names the driver).
       await p.ops.cancelOrder({ orderId: o2.id, reason: "test" });
-      await until(() => active.get(sentinel) === undefined, 10_000, "cancellation cached");
-      assert.equal(await active.lookup(sentinel), undefined);
+      await until(() => active.get(sentinel).length === 0, 10_000, "cancellation cached");
+      assert.deepEqual(await active.lookup(sentinel), []);
 
       // The same driver can be assigned again (a later sequence), even to the order it was unassigned from.
       await p.ops.assignDriver({ orderId: o1.id, driverId, fencingToken: 0n });
-      await until(() => active.get(driverId)?.orderId === o1.id, 10_000, "re-assignment cached");
+      await until(() => active.get(driverId)[0]?.orderId === o1.id, 10_000, "re-assignment cached");
       active.detach(driverId);
       active.detach(sentinel);
     });
 
     it("keeps attached drivers current by the periodic refresh when a broadcast is missed", async () => {
+      // A real driver's hash, copied behind the tracker's back (without the broadcast) to an attached driver.
+      const source = `drv-${uniqueId()}`;
+      const order = await placeAndAccept(tm, p);
+      await p.ops.assignDriver({ orderId: order.id, driverId: source, fencingToken: 0n });
+      await until(async () => (await active.lookup(source)).length === 1, 10_000, "source assignment in Redis");
       const driverId = `drv-${uniqueId()}`;
       await active.attach(driverId);
-      // Written behind the tracker's back, without the broadcast.
-      await redis.kv.hset(driverActiveKey(driverId), {
-        orderId: "ord-manual",
-        customerId: "c",
-        restaurantId: "r",
-        status: "PICKED_UP",
-        pickupLat: "12.97",
-        pickupLng: "77.59",
-        dropLat: "12.98",
-        dropLng: "77.6",
-        seq: "5",
-        assignSeq: "4",
-      });
-      await until(() => active.get(driverId)?.orderId === "ord-manual", 10_000, "refresh picked the hash up");
+      await redis.kv.hset(driverActiveKey(driverId), await redis.kv.hgetall(driverActiveKey(source)));
+      await until(() => active.get(driverId)[0]?.orderId === order.id, 10_000, "refresh picked the hash up");
       await redis.kv.del(driverActiveKey(driverId));
-      await until(() => active.get(driverId) === undefined, 10_000, "refresh dropped it");
+      await until(() => active.get(driverId).length === 0, 10_000, "refresh dropped it");
       // A broadcast of a driver this process does not host is ignored; detach forgets.
       active.detach(driverId);
       await redis.channels.publish(DRIVER_ACTIVE_CHANNEL, new TextEncoder().encode(driverId));
-      assert.equal(active.get(driverId), undefined);
+      assert.deepEqual(active.get(driverId), []);
+      await p.ops.cancelOrder({ orderId: order.id, reason: "test" });
     });
 
     it("observe never throws and ignores drivers it does not host or that carry nothing", () => {
@@ -395,7 +456,7 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       await p.restaurant.markReady({ orderId: order.id });
       await driver.confirmPickup({ orderId: order.id });
       const location = tm.mesh.modules.get("location") as LocationModule;
-      await until(async () => (await location.parts.activeOrders.lookup(driverId))?.status === "PICKED_UP", 10_000, "PICKED_UP in Redis");
+      await until(async () => (await location.parts.activeOrders.lookup(driverId))[0]?.status === "PICKED_UP", 10_000, "PICKED_UP in Redis");
 
       // Realistic pings, one a second of device time in the recent past (within maxPastMs),
       // ten to a message: at the restaurant, then driving off.

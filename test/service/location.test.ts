@@ -43,10 +43,11 @@ class FakeActiveOrders implements ActiveOrders {
   readonly detached: string[] = [];
   readonly observed: AcceptedFix[] = [];
   get(driverId: string) {
-    return this.assignments.get(driverId);
+    const a = this.assignments.get(driverId);
+    return a ? [a] : [];
   }
   async lookup(driverId: string) {
-    return this.assignments.get(driverId);
+    return this.get(driverId);
   }
   async attach(driverId: string) {
     this.attached.set(driverId, (this.attached.get(driverId) ?? 0) + 1);

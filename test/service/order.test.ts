@@ -36,6 +36,8 @@ interface Env {
   rid: string;
   closedRid: string;
   token(role: Role, sub: string, restaurantId?: string): Promise<string>;
+  /** A client of a second order service on the same database and Redis, with these dispatch settings. */
+  orderClient(dispatch: Partial<Config["dispatch"]>): Promise<Client<typeof OrderService>>;
   close(): Promise<void>;
 }
 
@@ -92,6 +94,7 @@ async function openEnv(kind: "embedded" | "real", overrides: Partial<Config["ord
       },
       { router: { interceptors } },
     );
+    const extra: ServiceModule[] = [];
     return {
       cfg,
       db,
@@ -101,7 +104,14 @@ async function openEnv(kind: "embedded" | "real", overrides: Partial<Config["ord
       rid,
       closedRid,
       token: (role, sub, restaurantId) => mintToken(cfg.auth, { role, sub, restaurantId }),
+      async orderClient(dispatch) {
+        const other = createOrderService({ ...deps, config: { ...cfg, dispatch: { ...cfg.dispatch, ...dispatch } } });
+        await other.start();
+        extra.push(other);
+        return createClient(OrderService, createRouterTransport(({ service }) => service(other.desc, other.impl), { router: { interceptors } }));
+      },
       async close() {
+        for (const m of extra) await m.stop();
         await order.stop();
         await catalog!.stop();
         await cleanup();
@@ -126,14 +136,21 @@ async function count(db: Db, table: string, where?: { col: string; val: string }
   return Number(row.n);
 }
 
+/**
+ * The order's status and assignment events, oldest first. Payment events (the payment worker's,
+ * asynchronous) take sequences in between; they are left out here, and the others renumbered
+ * 1.. in order after checking the sequences increase.
+ */
 async function outboxEvents(db: Db, orderId: string): Promise<Event[]> {
   const rows = await (db.kysely as Kysely<any>).selectFrom("outbox").selectAll().where("event_key", "=", orderId).orderBy("id").execute();
-  return rows.map((r) => {
+  const all = rows.map((r) => {
     const e = fromBinary(EventSchema, new Uint8Array(r.payload));
     assert.equal(r.event_id, e.eventId);
     assert.equal(r.stream, "events:orders");
     return e;
   });
+  all.forEach((e, i) => i > 0 && assert.ok(e.sequence > all[i - 1]!.sequence, "event sequences increase"));
+  return all.filter((e) => e.payload.case !== "payment").map((e, i) => Object.assign(e, { sequence: BigInt(i + 1) }));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -175,7 +192,7 @@ for (const kind of ["embedded", "real"] as const) {
         { itemId: `${env.rid}-biryani`, quantity: 1, optionIds: [`${env.rid}-raita`], note: "" },
       ] as CartLine[];
     const delivery = { location: { lat: 12.98, lng: 77.6 }, addressLine: "Church Street 5", instructions: "ring twice" };
-    const request = (extra: { tipMinor?: bigint } = {}) => ({ restaurantId: env.rid, lines: cart(), delivery, tipMinor: extra.tipMinor ?? 150n });
+    const request = (extra: { tipMinor?: bigint } = {}) => ({ restaurantId: env.rid, lines: cart(), delivery, tipMinor: extra.tipMinor ?? 150n, paymentToken: "tok_visa" });
 
     async function place(token: string, key = uniqueId(), body = request()): Promise<Order> {
       const res = await env.client.placeOrder(body, auth(token, { "idempotency-key": key }));
@@ -364,7 +381,7 @@ for (const kind of ["embedded", "real"] as const) {
 
         const got = (await env.client.getOrder({ orderId: o.id }, auth(c.token))).order!;
         assert.deepEqual(
-          got.timeline.map((e) => [Number(e.sequence), TimelineKind[e.kind], OrderStatus[e.status], ActorRole[e.actor!.role], e.actor!.id, e.driverId]),
+          got.timeline.map((e, i) => [i + 1, TimelineKind[e.kind], OrderStatus[e.status], ActorRole[e.actor!.role], e.actor!.id, e.driverId]),
           [
             [1, "STATUS", "PLACED", "CUSTOMER", c.sub, ""],
             [2, "STATUS", "CONFIRMED", "RESTAURANT", env.rid, ""],
@@ -526,7 +543,7 @@ for (const kind of ["embedded", "real"] as const) {
         await env.client.assignDriver({ orderId: a.id, driverId: "drv-busy", fencingToken: 5n }, svc);
         const same = (await env.client.assignDriver({ orderId: a.id, driverId: "drv-busy", fencingToken: 5n }, svc)).order!;
         assert.equal(same.driverId, "drv-busy");
-        await expectCode(env.client.assignDriver({ orderId: b.id, driverId: "drv-busy", fencingToken: 1n }, svc), Code.FailedPrecondition, /driver already has an active order/);
+        await expectCode(env.client.assignDriver({ orderId: b.id, driverId: "drv-busy", fencingToken: 1n }, svc), Code.FailedPrecondition, /driver already carries 1 active orders \(limit 1\)/);
         await expectCode(env.client.assignDriver({ orderId: a.id, driverId: "drv-other", fencingToken: 6n }, svc), Code.FailedPrecondition);
         await expectCode(env.client.unassignDriver({ orderId: a.id, driverId: "drv-other", reason: "x" }, svc), Code.FailedPrecondition, /another driver/);
         const un = (await env.client.unassignDriver({ orderId: a.id, driverId: "drv-busy", reason: "no-show" }, svc)).order!;
@@ -536,6 +553,122 @@ for (const kind of ["embedded", "real"] as const) {
         await expectCode(env.client.assignDriver({ orderId: a.id, driverId: "drv-x", fencingToken: 1n }, auth(t.restaurant)), Code.PermissionDenied);
         const ev = (await outboxEvents(env.db, a.id)).map((e) => e.payload.case);
         assert.deepEqual(ev.slice(-2), ["driverAssigned", "driverUnassigned"]);
+      });
+
+      it("lets a driver carry up to dispatch.stackSize active orders", async () => {
+        const driver = `drv-stack-${uniqueId()}`;
+        const svc = auth(t.service);
+        const orders: Order[] = [];
+        for (let i = 0; i < 4; i++) orders.push((await orderAt("CONFIRMED")).order);
+        const [a, b, c, d] = orders as [Order, Order, Order, Order];
+        const assign = (client: Client<typeof OrderService>, o: Order) => client.assignDriver({ orderId: o.id, driverId: driver, fencingToken: 1n }, svc);
+
+        // stackSize 1 (the default): a second order is refused and nothing is written for it.
+        await assign(env.client, a);
+        await expectCode(assign(env.client, b), Code.FailedPrecondition, /^driver already carries 1 active orders \(limit 1\)$/);
+        const refused = (await env.client.getOrder({ orderId: b.id }, auth(t.ops))).order!;
+        assert.equal(refused.driverId, "");
+        assert.equal(refused.version, b.version);
+        assert.deepEqual((await outboxEvents(env.db, b.id)).map((e) => e.payload.case), ["placed", "confirmed"]);
+
+        // stackSize 2: the second is taken, the third refused.
+        const stack2 = await env.orderClient({ stackSize: 2 });
+        const second = (await assign(stack2, b)).order!;
+        assert.equal(second.driverId, driver);
+        await expectCode(assign(stack2, c), Code.FailedPrecondition, /^driver already carries 2 active orders \(limit 2\)$/);
+        // The timeline and events of a stacked assignment are those of any assignment.
+        const tl = (await env.client.getOrder({ orderId: b.id }, auth(t.ops))).order!.timeline;
+        assert.deepEqual(tl.map((e) => [e.kind, e.driverId]), [
+          [TimelineKind.STATUS, ""],
+          [TimelineKind.STATUS, ""],
+          [TimelineKind.DRIVER_ASSIGNED, driver],
+        ]);
+        assert.deepEqual((await outboxEvents(env.db, b.id)).map((e) => e.payload.case), ["placed", "confirmed", "driverAssigned"]);
+
+        // A closed order frees its slot; a stack-1 service still sees the driver as full.
+        await env.client.cancelOrder({ orderId: a.id, reason: "fire" }, auth(t.restaurant));
+        await expectCode(assign(env.client, c), Code.FailedPrecondition, /carries 1 active orders \(limit 1\)/);
+        assert.equal((await assign(stack2, c)).order!.driverId, driver);
+        await expectCode(assign(stack2, d), Code.FailedPrecondition, /carries 2 active orders \(limit 2\)/);
+      });
+    });
+
+    describe("FlagDispatch", () => {
+      it("records the flag once: a timeline entry and a dispatch_flagged event in the order's sequence", async () => {
+        const { order, customer } = await orderAt("PREPARING");
+        const svc = auth(t.service);
+        const flagged = (await env.client.flagDispatch({ orderId: order.id, attempts: 4 }, svc)).order!;
+        assert.equal(flagged.status, OrderStatus.PREPARING);
+        assert.equal(flagged.version, order.version + 1n);
+        assert.ok(flagged.dispatchFlaggedAt && flagged.dispatchFlaggedAt.seconds > 0n);
+        assert.equal(order.dispatchFlaggedAt, undefined, "unset before the flag");
+
+        const again = (await env.client.flagDispatch({ orderId: order.id, attempts: 9 }, auth(t.ops))).order!;
+        assert.equal(again.version, flagged.version);
+        assert.deepEqual(again.dispatchFlaggedAt, flagged.dispatchFlaggedAt);
+
+        const got = (await env.client.getOrder({ orderId: order.id }, auth(customer.token))).order!;
+        assert.deepEqual(got.dispatchFlaggedAt, flagged.dispatchFlaggedAt);
+        assert.deepEqual(
+          got.timeline.map((e, i) => [i + 1, TimelineKind[e.kind], OrderStatus[e.status], ActorRole[e.actor!.role], e.actor!.id]),
+          [
+            [1, "STATUS", "PLACED", "CUSTOMER", customer.sub],
+            [2, "STATUS", "CONFIRMED", "RESTAURANT", env.rid],
+            [3, "STATUS", "PREPARING", "RESTAURANT", env.rid],
+            [4, "DISPATCH_FLAGGED", "PREPARING", "SERVICE", "dispatch"],
+          ],
+        );
+        const events = await outboxEvents(env.db, order.id);
+        assert.deepEqual(events.map((e) => [Number(e.sequence), e.payload.case]), [[1, "placed"], [2, "confirmed"], [3, "preparing"], [4, "dispatchFlagged"]]);
+        const ev = events[3]!;
+        assert.equal(ev.payload.case === "dispatchFlagged" && ev.payload.value.attempts, 4);
+        assert.equal(ev.eventId, `${order.id}-4`);
+        assert.deepEqual(ev.order?.dispatchFlaggedAt, flagged.dispatchFlaggedAt);
+        const [row] = await (env.db.kysely as Kysely<any>).selectFrom("outbox").select("event_type").where("event_id", "=", ev.eventId).execute();
+        assert.equal(row.event_type, "dispatch_flagged");
+
+        // A driver found later is assigned as usual; the flag stays, and the sequence goes on.
+        const assigned = (await env.client.assignDriver({ orderId: order.id, driverId: `drv-late-${uniqueId()}`, fencingToken: 2n }, svc)).order!;
+        assert.deepEqual(assigned.dispatchFlaggedAt, flagged.dispatchFlaggedAt);
+        assert.equal((await outboxEvents(env.db, order.id)).at(-1)!.sequence, 5n);
+      });
+
+      it("is for service and ops; others get PERMISSION_DENIED without the order being read", async () => {
+        const { order, customer } = await orderAt("CONFIRMED");
+        for (const tok of [customer.token, t.restaurant, t.d1, (await freshCustomer()).token]) {
+          await expectCode(env.client.flagDispatch({ orderId: order.id, attempts: 1 }, auth(tok)), Code.PermissionDenied);
+        }
+        await expectCode(env.client.flagDispatch({ orderId: `ord_missing_${uniqueId()}`, attempts: 1 }, auth(t.restaurant)), Code.PermissionDenied);
+        await expectCode(env.client.flagDispatch({ orderId: `ord_missing_${uniqueId()}`, attempts: 1 }, auth(t.service)), Code.NotFound);
+        await expectCode(env.client.flagDispatch({ orderId: "", attempts: 1 }, auth(t.service)), Code.InvalidArgument, /^order_id/);
+        await expectCode(env.client.flagDispatch({ orderId: order.id, attempts: -1 }, auth(t.service)), Code.InvalidArgument, /^attempts/);
+        assert.equal((await env.client.getOrder({ orderId: order.id }, auth(t.ops))).order!.dispatchFlaggedAt, undefined);
+      });
+
+      it("answers FAILED_PRECONDITION naming the state outside CONFIRMED, PREPARING, READY_FOR_PICKUP or with a driver", async () => {
+        const svc = auth(t.service);
+        const { order: placed } = await orderAt("PLACED");
+        await expectCode(env.client.flagDispatch({ orderId: placed.id, attempts: 1 }, svc), Code.FailedPrecondition, /^order is PLACED; FlagDispatch requires CONFIRMED, PREPARING or READY_FOR_PICKUP$/);
+        const { order: held } = await orderAt("READY_FOR_PICKUP", { driver: `drv-held-${uniqueId()}` });
+        await expectCode(env.client.flagDispatch({ orderId: held.id, attempts: 1 }, svc), Code.FailedPrecondition, /^order is READY_FOR_PICKUP with a driver assigned/);
+        const { order: cancelled, customer } = await orderAt("CONFIRMED");
+        await env.client.cancelOrder({ orderId: cancelled.id }, auth(customer.token));
+        await expectCode(env.client.flagDispatch({ orderId: cancelled.id, attempts: 1 }, svc), Code.FailedPrecondition, /order is CANCELLED/);
+        for (const o of [placed, held, cancelled]) {
+          assert.ok(!(await outboxEvents(env.db, o.id)).some((e) => e.payload.case === "dispatchFlagged"));
+        }
+      });
+
+      it("gives the customer a full refund when cancelling a flagged order while PREPARING or READY_FOR_PICKUP", async () => {
+        for (const status of ["PREPARING", "READY_FOR_PICKUP"] as const) {
+          const { order, customer } = await orderAt(status);
+          await env.client.flagDispatch({ orderId: order.id, attempts: 6 }, auth(t.service));
+          const o = (await env.client.cancelOrder({ orderId: order.id, reason: "nobody is coming" }, auth(customer.token))).order!;
+          assert.equal(o.status, OrderStatus.CANCELLED);
+          assert.equal(o.cancellationFee?.amountMinor, 0n, status);
+          const last = (await outboxEvents(env.db, order.id)).at(-1)!;
+          assert.ok(last.payload.case === "cancelled" && last.payload.value.fee?.amountMinor === 0n, status);
+        }
       });
     });
 
@@ -630,13 +763,14 @@ for (const kind of ["embedded", "real"] as const) {
         while (got.length < 5 && Date.now() < deadline) {
           const entries = await env.redis.eventLog.readGroup("events:orders", group, "reader", { count: 500, blockMs: 200 });
           for (const e of entries) {
-            if (e.key !== order.id) continue;
+            // Payment events (the capture on acceptance) take sequences in between, asynchronously.
+            if (e.key !== order.id || e.type === "payment") continue;
             got.push(fromBinary(EventSchema, e.data));
             types.push(e.type);
           }
           if (entries.length) await env.redis.eventLog.ack("events:orders", group, entries.map((e) => e.id));
         }
-        assert.deepEqual(got.map((e) => Number(e.sequence)), [1, 2, 3, 4, 5]);
+        assert.ok(got.every((e, i) => i === 0 || e.sequence > got[i - 1]!.sequence), "per-order sequence increases");
         assert.deepEqual(types, ["placed", "confirmed", "driver_assigned", "preparing", "ready"]);
         assert.ok(got.every((e) => e.orderId === order.id && e.order?.id === order.id));
         // Published rows are marked (the relay commits that right after appending).

@@ -13,10 +13,16 @@ import { OrderService } from "../../gen/dabba/order/v1/order_service_pb.js";
 import { TrackingService, TrackOrderRequestSchema, type TrackOrderRequest, type TrackOrderResponse } from "../../gen/dabba/tracking/v1/tracking_service_pb.js";
 import { driverFixKey, driverProfileKey } from "../../services/location/keys.js";
 import { bearer, principalKey } from "../../services/platform/auth.js";
-import { defaultLocationConfig, defaultTrackingConfig } from "../../services/platform/config.js";
+import { defaultDispatchConfig, defaultLocationConfig, defaultPaymentsConfig, defaultTrackingConfig } from "../../services/platform/config.js";
 import { createLocalTransport } from "../../services/platform/local-transport.js";
-import { encodeEvent, encodePosition, trackingChannel } from "../../services/tracking/channel.js";
-import { MAX_QUEUED_EVENTS } from "../../services/tracking/handlers/track-order.js";
+import { ORDER_EVENTS_STREAM } from "../../services/order/store.js";
+import { createLogger } from "../../services/platform/logger.js";
+import { openRedis, type StreamEntry } from "../../services/platform/redis.js";
+import { encodeEvent, encodeEventBytes, encodePosition, trackingChannel } from "../../services/tracking/channel.js";
+import { MAX_QUEUED_EVENTS, trackOrder } from "../../services/tracking/handlers/track-order.js";
+import { injectGatewayFault } from "../../services/order/payments/index.js";
+import { createTrackingHub } from "../../services/tracking/hub.js";
+import type { LocationModule } from "../../services/location/index.js";
 import type { TrackingServiceModule } from "../../services/tracking/index.js";
 import { uniqueId } from "../helpers/backends.js";
 import { NEARBY } from "../helpers/fixtures.js";
@@ -83,15 +89,21 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       t = await startTestMesh(backend, {
         services: ["catalog", "order", "tracking"],
         tracking: { ...defaultTrackingConfig, positionIntervalMs: POSITION_INTERVAL_MS, heartbeatMs: HEARTBEAT_MS },
+        // The refused settlement calls below must not open the breaker (placements would then wait PAYMENT_PENDING).
+        payments: { ...defaultPaymentsConfig, breakerMinCalls: 1_000_000 },
       });
       tracking = t.mesh.modules.get("tracking") as TrackingServiceModule;
+      // The payment worker's events (capture on acceptance, void on cancel) take order sequences
+      // at a moment of their own; with the test gateway refusing those calls they stay out, so
+      // the exact event ids asserted below hold. (TrackOrder itself skips such sequences.)
+      for (const op of ["capture", "void", "refund"] as const) await injectGatewayFault(t.mesh.db, op, { kind: "error", rate: 1 });
     });
     after(async () => t?.close());
 
     async function placeOrder(customerId: string): Promise<string> {
       const orders = await t.client(OrderService, "connect-grpc", "customer", customerId);
       const placed = await orders.placeOrder(
-        { restaurantId: t.restaurantId, lines: [{ itemId: `${t.restaurantId}-dosa`, quantity: 1 }], delivery: { location: NEARBY, addressLine: "12 Church Street" } },
+        { restaurantId: t.restaurantId, lines: [{ itemId: `${t.restaurantId}-dosa`, quantity: 1 }], delivery: { location: NEARBY, addressLine: "12 Church Street" }, paymentToken: "tok_visa" },
         { headers: { "idempotency-key": `k-${uniqueId()}` } },
       );
       return placed.order!.id;
@@ -193,6 +205,126 @@ for (const backend of ["embedded", "real"] as Backend[]) {
         await hubIdle();
       });
     }
+
+    it("shows a dispatch flag as a timeline update in sequence, in later snapshots and in a resume", async () => {
+      const customerId = `cust-${uniqueId()}`;
+      const driverId = `drv-${uniqueId()}`;
+      const orderId = await placeOrder(customerId);
+      const client = await t.client(TrackingService, "connect-grpc", "customer", customerId);
+      const w = watch(client, { orderId });
+      await until(() => w.msgs.length > 0, 10_000, "snapshot");
+      const a = await actors(driverId);
+      const svc = await t.client(OrderService, "connect-grpc", "service", "dispatch");
+      await a.kitchen.acceptOrder({ orderId });
+      const flagged = (await svc.flagDispatch({ orderId, attempts: 3 })).order!;
+      await a.kitchen.startPreparing({ orderId });
+      await until(() => statuses(w).length === 3, 10_000, "CONFIRMED, the flag, PREPARING");
+      const entry = (m: TrackOrderResponse) => (m.update.case === "status" ? m.update.value.entry : undefined);
+      assert.deepEqual(
+        statuses(w).map((m) => [m.eventId, entry(m)?.kind, entry(m)?.status, m.update.case === "status" && m.update.value.status]),
+        [
+          [`${orderId}-2`, TimelineKind.STATUS, OrderStatus.CONFIRMED, OrderStatus.CONFIRMED],
+          [`${orderId}-3`, TimelineKind.DISPATCH_FLAGGED, OrderStatus.CONFIRMED, OrderStatus.CONFIRMED],
+          [`${orderId}-4`, TimelineKind.STATUS, OrderStatus.PREPARING, OrderStatus.PREPARING],
+        ],
+      );
+      const flag = entry(statuses(w)[1]!)!;
+      assert.equal(flag.actor?.role, ActorRole.SERVICE);
+      assert.equal(flag.actor?.id, "dispatch");
+      assert.equal(flag.sequence, 3n);
+      assert.ok(!w.ended && w.error === undefined, "the flag does not end the stream");
+
+      // A driver found after the flag: the stream goes on as for any order.
+      await a.ops.assignDriver({ orderId, driverId });
+      await until(() => statuses(w).length === 4, 10_000, "the assignment after the flag");
+      assert.equal(entry(statuses(w)[3]!)?.kind, TimelineKind.DRIVER_ASSIGNED);
+      await w.cancel();
+
+      // A new watcher's snapshot holds the flag in the timeline and on the order.
+      const w2 = watch(client, { orderId });
+      await until(() => w2.msgs.length > 0, 10_000, "snapshot");
+      const snap = w2.msgs[0]!.update.case === "snapshot" ? w2.msgs[0]!.update.value : undefined;
+      assert.equal(w2.msgs[0]!.eventId, `${orderId}-5`);
+      assert.deepEqual(snap?.order?.timeline.map((e) => e.kind), [
+        TimelineKind.STATUS,
+        TimelineKind.STATUS,
+        TimelineKind.DISPATCH_FLAGGED,
+        TimelineKind.STATUS,
+        TimelineKind.DRIVER_ASSIGNED,
+      ]);
+      assert.deepEqual(snap?.order?.dispatchFlaggedAt, flagged.dispatchFlaggedAt);
+      await w2.cancel();
+
+      // Resuming from before the flag replays it from the timeline, in sequence.
+      const w3 = watch(client, { orderId, lastEventId: `${orderId}-2` });
+      await until(() => statuses(w3).length === 3, 10_000, "the replay");
+      assert.deepEqual(statuses(w3).map((m) => [m.eventId, entry(m)?.kind]), [
+        [`${orderId}-3`, TimelineKind.DISPATCH_FLAGGED],
+        [`${orderId}-4`, TimelineKind.STATUS],
+        [`${orderId}-5`, TimelineKind.DRIVER_ASSIGNED],
+      ]);
+      await w3.cancel();
+      await hubIdle();
+    });
+
+    it("fills a gap that holds the flag from the order's timeline", async () => {
+      const customerId = `cust-${uniqueId()}`;
+      const orderId = await placeOrder(customerId);
+      const a = await actors(`drv-${uniqueId()}`);
+      const svc = await t.client(OrderService, "connect-grpc", "service", "dispatch");
+      await a.kitchen.acceptOrder({ orderId });
+      // A TrackOrder handler on channels of its own, so the test decides which events reach it:
+      // the flag's event is lost (as in a Redis reconnect), PREPARING after it arrives.
+      const own = await openRedis({ keyPrefix: `test:${uniqueId()}:` });
+      const hub = createTrackingHub({ channels: own.channels });
+      const handler = trackOrder({
+        tracking: t.config.tracking,
+        redis: own,
+        logger: createLogger("silent"),
+        hub,
+        orders: () => createClient(OrderService, t.mesh.peer("order")),
+      });
+      const ctx = createHandlerContext({
+        service: TrackingService,
+        method: TrackingService.method.trackOrder,
+        protocolName: "test",
+        requestMethod: "POST",
+        url: "/dabba.tracking.v1.TrackingService/TrackOrder",
+        contextValues: createContextValues().set(principalKey, { role: "customer", sub: customerId }),
+      });
+      const it = handler(create(TrackOrderRequestSchema, { orderId }), ctx);
+      try {
+        const snap = (await it.next()).value as TrackOrderResponse;
+        assert.equal(snap.eventId, `${orderId}-2`);
+        await svc.flagDispatch({ orderId, attempts: 2 });
+        await a.kitchen.startPreparing({ orderId });
+        let preparing: StreamEntry | undefined;
+        await until(async () => {
+          const entries = await t.mesh.redis.eventLog.range(ORDER_EVENTS_STREAM, undefined, 100_000);
+          preparing = entries.find((e) => e.key === orderId && e.type === "preparing");
+          return preparing !== undefined;
+        }, 10_000, "PREPARING on the event log");
+        await own.channels.publish(trackingChannel(orderId), encodeEventBytes(preparing!.data));
+        const got: TrackOrderResponse[] = [];
+        while (got.length < 2) {
+          const r = await it.next();
+          assert.ok(!r.done);
+          if (r.value.update.case === "status") got.push(r.value);
+        }
+        assert.deepEqual(
+          got.map((m) => [m.eventId, m.update.case === "status" ? m.update.value.entry?.kind : undefined, m.final]),
+          [
+            [`${orderId}-3`, TimelineKind.DISPATCH_FLAGGED, false],
+            [`${orderId}-4`, TimelineKind.STATUS, false],
+          ],
+        );
+      } finally {
+        ctx.abort();
+        await it.return(undefined);
+        await hub.close();
+        await own.close();
+      }
+    });
 
     it("snapshot of an assigned order carries the driver's name, vehicle and last position", async () => {
       const customerId = `cust-${uniqueId()}`;
@@ -556,6 +688,7 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       t = await startTestMesh(backend, {
         services: ["catalog", "order", "location", "tracking"],
         location: { ...defaultLocationConfig, maxPingsPerSecond: 50 },
+        dispatch: { ...defaultDispatchConfig, stackSize: 2 },
         tracking: { ...defaultTrackingConfig, positionIntervalMs: POSITION_INTERVAL_MS, heartbeatMs: HEARTBEAT_MS },
       });
     });
@@ -569,7 +702,7 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       const kitchen = await t.client(OrderService, "connect-grpc", "restaurant", "staff", t.restaurantId);
       const ops = await t.client(OrderService, "connect-grpc", "ops", "op-1");
       const placed = await orders.placeOrder(
-        { restaurantId: t.restaurantId, lines: [{ itemId: `${t.restaurantId}-dosa`, quantity: 1 }], delivery: { location: NEARBY, addressLine: "12 Church Street" } },
+        { restaurantId: t.restaurantId, lines: [{ itemId: `${t.restaurantId}-dosa`, quantity: 1 }], delivery: { location: NEARBY, addressLine: "12 Church Street" }, paymentToken: "tok_visa" },
         { headers: { "idempotency-key": `k-${uniqueId()}` } },
       );
       const orderId = placed.order!.id;
@@ -619,6 +752,74 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       const [mine] = await Promise.all(summaries);
       assert.ok(mine!.accepted > 0n);
     });
+
+    it("sends a driver carrying two orders to both orders' watchers; delivering one keeps the other going", async () => {
+      const driverId = `drv-${uniqueId()}`;
+      const kitchen = await t.client(OrderService, "connect-grpc", "restaurant", "staff", t.restaurantId);
+      const ops = await t.client(OrderService, "connect-grpc", "ops", "op-1");
+      const driverOrders = await t.client(OrderService, "connect-grpc", "driver", driverId);
+      const stacked: { customerId: string; orderId: string; w: Watcher }[] = [];
+      for (let i = 0; i < 2; i++) {
+        const customerId = `cust-${uniqueId()}`;
+        const placed = await (await t.client(OrderService, "connect-grpc", "customer", customerId)).placeOrder(
+          { restaurantId: t.restaurantId, lines: [{ itemId: `${t.restaurantId}-dosa`, quantity: 1 }], delivery: { location: NEARBY, addressLine: `${i + 1} Church Street` }, paymentToken: "tok_visa" },
+          { headers: { "idempotency-key": `k-${uniqueId()}` } },
+        );
+        const orderId = placed.order!.id;
+        await kitchen.acceptOrder({ orderId });
+        await ops.assignDriver({ orderId, driverId });
+        stacked.push({ customerId, orderId, w: watch(await t.client(TrackingService, "grpc-js", "customer", customerId), { orderId }) });
+      }
+      const [one, two] = stacked as [(typeof stacked)[0], (typeof stacked)[0]];
+      await until(() => stacked.every((s) => s.w.msgs.length > 0), 10_000, "snapshots");
+
+      const pings = pushStream<ReportMsg>();
+      const summary = (await t.client(LocationService, "connect-grpc", "driver", driverId)).reportLocations(pings);
+      const sent = new Set<number>();
+      let seq = 0n;
+      let stop = false;
+      const pinging = (async () => {
+        while (!stop) {
+          const atMs = Date.now();
+          sent.add(atMs);
+          pings.push({ pings: [{ location: offsetMetres({ lat: 12.9716, lng: 77.5946 }, Number(++seq), 0), accuracyM: 5, speedMps: 10, headingDeg: 0, deviceTime: timestampFromMs(atMs), sequence: seq }] });
+          await sleep(50);
+        }
+      })();
+      try {
+        await until(() => stacked.every((s) => positions(s.w).length >= 3), 20_000, "positions on both orders' streams");
+        for (const s of stacked) assert.ok(positions(s.w).every((p) => sent.has(p.at)), "the carrying driver's pings");
+        // Either customer may see the driver who carries their order.
+        for (const s of stacked) {
+          const r = await (await t.client(LocationService, "connect-grpc", "customer", s.customerId)).getDriverLocation({ driverId });
+          assert.equal(r.position?.driverId, driverId);
+        }
+
+        for (const s of stacked) {
+          await kitchen.startPreparing({ orderId: s.orderId });
+          await kitchen.markReady({ orderId: s.orderId });
+          await driverOrders.confirmPickup({ orderId: s.orderId });
+        }
+        await driverOrders.confirmDelivery({ orderId: one.orderId });
+        await until(() => one.w.ended || one.w.error !== undefined, 10_000, "the delivered order's stream ends");
+        assert.equal(one.w.error, undefined);
+        const last = one.w.msgs[one.w.msgs.length - 1]!;
+        assert.ok(last.final && last.update.case === "status" && last.update.value.status === OrderStatus.DELIVERED);
+
+        // The other order's watcher keeps getting the driver's positions after the delivery.
+        const location = t.mesh.modules.get("location") as LocationModule;
+        await until(() => location.parts.activeOrders.get(driverId).map((x) => x.orderId).join() === two.orderId, 10_000, "the writer's cache holds only the other order");
+        const n = positions(two.w).length;
+        await until(() => positions(two.w).length >= n + 3, 10_000, "positions after the other order's delivery");
+        assert.ok(!two.w.ended && two.w.error === undefined);
+      } finally {
+        stop = true;
+        await pinging;
+        pings.end();
+      }
+      await two.w.cancel();
+      assert.ok((await summary).accepted > 0n);
+    });
   });
 }
 
@@ -633,7 +834,7 @@ describe("TrackOrder when the host drains", function () {
       const customerId = `cust-${uniqueId()}`;
       const orders = await t.client(OrderService, "connect-grpc", "customer", customerId);
       const placed = await orders.placeOrder(
-        { restaurantId: t.restaurantId, lines: [{ itemId: `${t.restaurantId}-dosa`, quantity: 1 }], delivery: { location: NEARBY, addressLine: "1 Test Road" } },
+        { restaurantId: t.restaurantId, lines: [{ itemId: `${t.restaurantId}-dosa`, quantity: 1 }], delivery: { location: NEARBY, addressLine: "1 Test Road" }, paymentToken: "tok_visa" },
         { headers: { "idempotency-key": `k-${uniqueId()}` } },
       );
       const ws = await Promise.all(

@@ -3,7 +3,6 @@ import fc from "fast-check";
 import {
   CartError,
   deliveryFeeMinor,
-  etaRange,
   haversineKm,
   isOpenNow,
   localWeekMinute,
@@ -99,22 +98,6 @@ describe("catalog domain: distance, fee, ETA, ranking", () => {
     assert.equal(deliveryFeeMinor(cfg, 0), 199);
     assert.equal(deliveryFeeMinor(cfg, 3.2), 359);
     assert.equal(deliveryFeeMinor(cfg, 3.21), 360); // 359.5 rounds up
-  });
-
-  it("gives an ETA range at least 10 minutes wide that grows with distance and prep", () => {
-    const near = etaRange(15, 1);
-    const far = etaRange(15, 8);
-    const slow = etaRange(35, 1);
-    for (const e of [near, far, slow]) assert.ok(e.maxMinutes - e.minMinutes >= 10, JSON.stringify(e));
-    assert.ok(far.minMinutes > near.minMinutes && far.maxMinutes > near.maxMinutes);
-    assert.ok(slow.minMinutes > near.minMinutes);
-    assert.ok(near.minMinutes >= 15, "never promises less than the prep time");
-    fc.assert(
-      fc.property(fc.integer({ min: 1, max: 120 }), fc.double({ min: 0, max: 50, noNaN: true }), (prep, km) => {
-        const e = etaRange(prep, km);
-        return e.maxMinutes - e.minMinutes >= 10 && e.minMinutes >= 5 && e.minMinutes % 5 === 0;
-      }),
-    );
   });
 
   it("ranks nearer, better-rated, more popular and better-matching restaurants higher", () => {

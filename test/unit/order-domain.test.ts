@@ -55,11 +55,11 @@ type Variant = { label: string; req: CommandRequest };
 const EXPECTED: { variant: Variant; rows: Record<keyof typeof PRINCIPALS, string> }[] = [
   {
     variant: { label: "accept", req: { command: "accept" } },
-    rows: { C1: P14, C2: X14, R1: "FTNNNNNNNNNFFF", R2: X14, D1: DRIVER_SEES_ONLY, D2: X14, OPS: "FTNNNNNNNNNFFF", SVC: P14 },
+    rows: { C1: P14, C2: X14, R1: "FTNNNNNNNNNFFF", R2: X14, D1: DRIVER_SEES_ONLY, D2: X14, OPS: "FTNNNNNNNNNFFF", SVC: "FTNNNNNNNNNFFF" },
   },
   {
     variant: { label: "reject", req: { command: "reject" } },
-    rows: { C1: P14, C2: X14, R1: "FTFFFFFFFFFFNF", R2: X14, D1: DRIVER_SEES_ONLY, D2: X14, OPS: "FTFFFFFFFFFFFN", SVC: P14 },
+    rows: { C1: P14, C2: X14, R1: "FTFFFFFFFFFFNF", R2: X14, D1: DRIVER_SEES_ONLY, D2: X14, OPS: "FTFFFFFFFFFFFN", SVC: "FTFFFFFFFFFFFF" },
   },
   {
     variant: { label: "start_preparing", req: { command: "start_preparing" } },
@@ -101,6 +101,20 @@ const EXPECTED: { variant: Variant; rows: Record<keyof typeof PRINCIPALS, string
     variant: { label: "unassign_driver(D2)", req: { command: "unassign_driver", driverId: "D2" } },
     rows: { C1: P14, C2: X14, R1: P14, R2: X14, D1: DRIVER_SEES_ONLY, D2: X14, OPS: "NNNFNFNFFFFNNN", SVC: "NNNFNFNFFFFNNN" },
   },
+  {
+    // Not yet flagged (the flagged case is below): only before pickup and without a driver.
+    variant: { label: "flag_dispatch", req: { command: "flag_dispatch" } },
+    rows: { C1: P14, C2: X14, R1: P14, R2: X14, D1: DRIVER_SEES_ONLY, D2: X14, OPS: "FFTFTFTFFFFFFF", SVC: "FFTFTFTFFFFFFF" },
+  },
+  {
+    // The payment reconciler (service only): the authorization was approved / declined or never confirmed.
+    variant: { label: "payment_settled", req: { command: "payment_settled" } },
+    rows: { C1: P14, C2: X14, R1: P14, R2: X14, D1: DRIVER_SEES_ONLY, D2: X14, OPS: P14, SVC: "TNNNNNNNNNNFFF" },
+  },
+  {
+    variant: { label: "payment_failed", req: { command: "payment_failed" } },
+    rows: { C1: P14, C2: X14, R1: P14, R2: X14, D1: DRIVER_SEES_ONLY, D2: X14, OPS: P14, SVC: "TFFFFFFFFFFFFF" },
+  },
 ];
 
 // Statuses entered by each transition, by command and from-status (hand written).
@@ -115,7 +129,10 @@ function expectedPath(command: Command, from: Status): Status[] {
     case "confirm_delivery": return ["DELIVERED"];
     case "cancel": return ["CANCELLED"];
     case "assign_driver":
-    case "unassign_driver": return [];
+    case "unassign_driver":
+    case "flag_dispatch": return [];
+    case "payment_settled": return ["PLACED"];
+    case "payment_failed": return ["CANCELLED"];
   }
 }
 
@@ -131,6 +148,7 @@ function factsOf(col: (typeof COLUMNS)[number], extra: Partial<OrderFacts> = {})
     lastFencingToken: 0,
     subtotalMinor: SUBTOTAL,
     cancelledBy: col.cancelledBy ?? null,
+    dispatchFlagged: false,
     ...extra,
   };
 }
@@ -167,6 +185,7 @@ describe("order domain: the transition table", () => {
               assert.equal(d.releaseDriverId, e.variant.req.command === "cancel" ? col.driver : null);
               if (e.variant.req.command === "assign_driver") assert.equal(d.assignDriverId, e.variant.req.driverId);
               if (e.variant.req.command === "unassign_driver") assert.equal(d.unassignDriverId, e.variant.req.driverId);
+              assert.equal(d.flagDispatch, e.variant.req.command === "flag_dispatch" ? true : undefined);
             }
             if (d.kind === "deny" && d.code === "FAILED_PRECONDITION") {
               assert.match(d.message, new RegExp(`\\b${col.status}\\b`), `message names the current state: ${d.message}`);
@@ -180,7 +199,7 @@ describe("order domain: the transition table", () => {
 
   it("covers every command and every status", () => {
     const commands = new Set(EXPECTED.map((e) => e.variant.req.command));
-    assert.equal(commands.size, 10);
+    assert.equal(commands.size, 13);
     assert.deepEqual([...new Set(COLUMNS.map((c) => c.status))].sort(), [...STATUSES].sort());
   });
 
@@ -208,6 +227,39 @@ describe("order domain: the transition table", () => {
   it("does not let a restaurant act on another restaurant's order even with the same token subject", () => {
     const r = { role: "restaurant" as const, sub: "C1", restaurantId: "R9" };
     assert.equal(letter(decide({ command: "accept" }, r, factsOf(COLUMNS[1]), POLICY)), "X");
+  });
+});
+
+describe("order domain: a flagged order", () => {
+  const flagged = (col: (typeof COLUMNS)[number]) => factsOf(col, { dispatchFlagged: true });
+
+  it("answers a repeated flag with the current order in every state, and only to service and ops", () => {
+    for (const [who, row] of Object.entries({ SVC: "NNNNNNNNNNNNNN", OPS: "NNNNNNNNNNNNNN", C1: P14, R1: P14, D1: DRIVER_SEES_ONLY, C2: X14 })) {
+      const got = COLUMNS.map((col) => letter(decide({ command: "flag_dispatch" }, PRINCIPALS[who]!, flagged(col), POLICY))).join("");
+      assert.equal(got, row, who);
+    }
+  });
+
+  it("names the state when a driver holds the order", () => {
+    const d = decide({ command: "flag_dispatch" }, PRINCIPALS.SVC, factsOf(COLUMNS[5]), POLICY);
+    assert.deepEqual(d, { kind: "deny", code: "FAILED_PRECONDITION", message: "order is PREPARING with a driver assigned; FlagDispatch requires no driver" });
+    const late = decide({ command: "flag_dispatch" }, PRINCIPALS.SVC, factsOf(COLUMNS[8]), POLICY);
+    assert.match((late as { message: string }).message, /^order is PICKED_UP; FlagDispatch requires CONFIRMED, PREPARING or READY_FOR_PICKUP$/);
+  });
+
+  it("gives a customer a full refund while PREPARING or READY_FOR_PICKUP, with the same transitions as unflagged", () => {
+    //                                   PP PL CO CO+d PR PR+d RE RE+d PU+d ER+d DE+d CA/c CA/r CA/o
+    const expected = "TTTTTTTTFFFNFF";
+    const got = COLUMNS.map((col) => decide({ command: "cancel" }, PRINCIPALS.C1, flagged(col), POLICY));
+    assert.equal(got.map(letter).join(""), expected);
+    for (const [i, d] of got.entries()) {
+      if (d.kind === "transition") assert.equal(d.feeMinor, 0, `fee cancelling a flagged order from ${COLUMNS[i]!.name}`);
+    }
+    // The same order unflagged keeps the fee: the flag is what waives it.
+    const pr = decide({ command: "cancel" }, PRINCIPALS.C1, factsOf(COLUMNS[4]), POLICY);
+    assert.equal(pr.kind === "transition" && pr.feeMinor, 1200);
+    // After pickup the flag changes nothing: still no customer cancellation.
+    assert.equal(letter(decide({ command: "cancel" }, PRINCIPALS.C1, flagged(COLUMNS[8]), POLICY)), "F");
   });
 });
 
@@ -248,6 +300,7 @@ const arbRequest: fc.Arbitrary<CommandRequest> = fc.oneof(
   fc.constantFrom<Command>("accept", "reject", "start_preparing", "mark_ready", "confirm_pickup", "mark_en_route", "confirm_delivery", "cancel").map((command) => ({ command })),
   fc.record({ command: fc.constant<Command>("assign_driver"), driverId: fc.constantFrom("D1", "D2"), fencingToken: fc.integer({ min: 0, max: 5 }) }),
   fc.record({ command: fc.constant<Command>("unassign_driver"), driverId: fc.constantFrom("D1", "D2") }),
+  fc.constant<CommandRequest>({ command: "flag_dispatch" }),
 );
 const arbFacts: fc.Arbitrary<OrderFacts> = fc.record({
   status: fc.constantFrom(...STATUSES),
@@ -257,13 +310,14 @@ const arbFacts: fc.Arbitrary<OrderFacts> = fc.record({
   lastFencingToken: fc.integer({ min: 0, max: 5 }),
   subtotalMinor: fc.integer({ min: 0, max: 1_000_000 }),
   cancelledBy: fc.constantFrom(null, { role: "customer" as const, id: "C1" }, { role: "restaurant" as const, id: "R1" }, { role: "ops" as const, id: "O1" }),
+  dispatchFlagged: fc.boolean(),
 });
 
 describe("order domain: properties", () => {
   it("no sequence of commands leaves the declared lifecycle, and drivers are held only where allowed", () => {
     fc.assert(
       fc.property(fc.array(fc.tuple(arbRequest, arbCaller), { maxLength: 40 }), (steps) => {
-        const f: OrderFacts = { status: "PLACED", customerId: "C1", restaurantId: "R1", driverId: null, lastFencingToken: 0, subtotalMinor: 1000, cancelledBy: null };
+        const f: OrderFacts = { status: "PLACED", customerId: "C1", restaurantId: "R1", driverId: null, lastFencingToken: 0, subtotalMinor: 1000, cancelledBy: null, dispatchFlagged: false };
         for (const [req, caller] of steps) {
           const d = decide(req, caller, { ...f }, POLICY);
           if (d.kind !== "transition") continue;
@@ -279,6 +333,11 @@ describe("order domain: properties", () => {
             if (d.fencingToken !== undefined) f.lastFencingToken = d.fencingToken;
           }
           if (d.unassignDriverId) f.driverId = null;
+          if (d.flagDispatch) {
+            assert.ok(!f.dispatchFlagged, "flagged twice");
+            assert.ok(["CONFIRMED", "PREPARING", "READY_FOR_PICKUP"].includes(f.status) && f.driverId === null);
+            f.dispatchFlagged = true;
+          }
           if (f.status === "CANCELLED") {
             f.driverId = null;
             f.cancelledBy = { role: caller.role, id: caller.role === "restaurant" ? caller.restaurantId! : caller.sub };
@@ -300,12 +359,12 @@ describe("order domain: properties", () => {
     );
   });
 
-  it("keeps a cancellation fee only for a customer cancelling while PREPARING or READY_FOR_PICKUP", () => {
+  it("keeps a cancellation fee only for a customer cancelling an unflagged order while PREPARING or READY_FOR_PICKUP", () => {
     fc.assert(
       fc.property(arbRequest, arbCaller, arbFacts, fc.integer({ min: 0, max: 10000 }), (req, caller, facts, bps) => {
         const d = decide(req, caller, facts, { lateCancelFeeBps: bps });
         if (d.kind !== "transition") return;
-        const late = req.command === "cancel" && caller.role === "customer" && (facts.status === "PREPARING" || facts.status === "READY_FOR_PICKUP");
+        const late = req.command === "cancel" && caller.role === "customer" && !facts.dispatchFlagged && (facts.status === "PREPARING" || facts.status === "READY_FOR_PICKUP");
         if (late) assert.equal(d.feeMinor, Math.floor((facts.subtotalMinor * bps + 5000) / 10000));
         else assert.equal(d.feeMinor, 0);
       }),

@@ -245,4 +245,15 @@ export const catalogMigrations: Record<string, Migration> = {
       await sql`DROP INDEX IF EXISTS catalog_restaurants_geo_score_idx`.execute(db);
     },
   },
+  // The restaurant's answer policy: what happens to an order it does not answer in time (null = platform default).
+  "20261202T1000_catalog_answer_policy": {
+    async up(db: Kysely<any>) {
+      await sql`ALTER TABLE catalog_restaurants
+        ADD COLUMN answer_policy text NULL CHECK (answer_policy IN ('auto_confirm', 'auto_reject')),
+        ADD COLUMN answer_timeout_s int4 NULL CHECK (answer_timeout_s BETWEEN 30 AND 3600)`.execute(db);
+    },
+    async down(db: Kysely<any>) {
+      await sql`ALTER TABLE catalog_restaurants DROP COLUMN answer_policy, DROP COLUMN answer_timeout_s`.execute(db);
+    },
+  },
 };

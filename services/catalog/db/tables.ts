@@ -26,6 +26,10 @@ export interface RestaurantsTable {
   avg_prep_minutes: number;
   popularity: number;
   currency: string;
+  /** What happens to an unanswered order; null = the platform default (config orders.answerPolicy). */
+  answer_policy: ColumnType<"auto_confirm" | "auto_reject" | null, "auto_confirm" | "auto_reject" | null | undefined, "auto_confirm" | "auto_reject" | null>;
+  /** Seconds an order waits for the restaurant; null = the platform default. */
+  answer_timeout_s: ColumnType<number | null, number | null | undefined, number | null>;
   /** Distinct lower-case words of name, cuisines and dish names; array-GIN indexed. */
   terms: string[];
   /** Ids (catalog_terms.id) of the same words, for the index-only search walk. */

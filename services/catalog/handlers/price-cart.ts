@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { cityPricingFor } from "../../platform/config.js";
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import {
   PriceCartResponseSchema,
@@ -10,7 +11,7 @@ import {
 import { requireRole } from "../../platform/auth.js";
 import { NotFoundError, invalid } from "../../platform/errors.js";
 import { CartError, priceCart as priceCartRule, validateCartShape, type CartLineInput } from "../domain.js";
-import { eta, money, restaurantProto, type HandlerDeps } from "./proto.js";
+import { eta, etaRestaurant, money, restaurantProto, type HandlerDeps } from "./proto.js";
 import { MAX_ID_CHARS, requireId, requireLatLng } from "./validate.js";
 
 function cartError(e: CartError): ConnectError {
@@ -42,12 +43,13 @@ export function priceCart(deps: HandlerDeps) {
     const now = deps.now();
     let priced;
     try {
-      priced = priceCartRule({ restaurant, items, lines, deliveryLocation: delivery, fees: deps.config.orders, now });
+      priced = priceCartRule({ restaurant, items, lines, deliveryLocation: delivery, fees: cityPricingFor(deps.config.orders, restaurant.city), now });
     } catch (e) {
       if (e instanceof CartError) throw cartError(e);
       throw e;
     }
     const cur = priced.currency;
+    const quote = await deps.eta.quote(etaRestaurant(restaurant), delivery);
     return create(PriceCartResponseSchema, {
       restaurant: restaurantProto(restaurant, now),
       lines: priced.lines.map((l) =>
@@ -64,7 +66,7 @@ export function priceCart(deps: HandlerDeps) {
       subtotal: money(priced.subtotalMinor, cur),
       distanceKm: Math.round(priced.distanceKm * 1000) / 1000,
       deliveryFee: money(priced.deliveryFeeMinor, cur),
-      eta: eta(priced.eta),
+      eta: eta(quote),
     });
   };
 }

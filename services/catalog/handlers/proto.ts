@@ -1,5 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import {
+  AnswerPolicy,
   CustomizationGroupSchema,
   CustomizationOptionSchema,
   MenuCategorySchema,
@@ -16,6 +17,7 @@ import type { Config } from "../../platform/config.js";
 import type { Logger } from "../../platform/logger.js";
 import { isOpenNow, type CategoryInfo, type ItemInfo, type RestaurantInfo } from "../domain.js";
 import type { CatalogStore } from "../store.js";
+import type { EtaQuote, EtaService } from "../../eta/service.js";
 
 /** What every catalog handler needs. */
 export interface HandlerDeps {
@@ -23,14 +25,22 @@ export interface HandlerDeps {
   config: Config;
   logger: Logger;
   now: () => Date;
+  /** Delivery estimates (services/eta). */
+  eta: EtaService;
 }
 
 export function money(amountMinor: number, currency: string): Money {
   return create(MoneySchema, { amountMinor: BigInt(amountMinor), currency });
 }
 
-export function eta(e: { minMinutes: number; maxMinutes: number }): EtaRange {
-  return create(EtaRangeSchema, e);
+/** A quote's range in whole minutes from now (a quote has no absolute bounds: it starts when the order is placed). */
+export function eta(q: EtaQuote): EtaRange {
+  return create(EtaRangeSchema, { minMinutes: q.minMinutes, maxMinutes: q.maxMinutes });
+}
+
+/** What the estimate needs of a restaurant. */
+export function etaRestaurant(r: RestaurantInfo) {
+  return { id: r.id, location: { lat: r.lat, lng: r.lng }, avgPrepMinutes: r.avgPrepMinutes };
 }
 
 export function restaurantProto(r: RestaurantInfo, now: Date): Restaurant {
@@ -52,6 +62,8 @@ export function restaurantProto(r: RestaurantInfo, now: Date): Restaurant {
     popularity: r.popularity,
     currency: r.currency,
     city: r.city,
+    answerPolicy: r.answerPolicy === "auto_confirm" ? AnswerPolicy.AUTO_CONFIRM : r.answerPolicy === "auto_reject" ? AnswerPolicy.AUTO_REJECT : AnswerPolicy.UNSPECIFIED,
+    answerTimeoutSeconds: r.answerTimeoutS ?? 0,
   });
 }
 

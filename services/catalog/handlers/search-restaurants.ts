@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import { cityPricingFor } from "../../platform/config.js";
 import { create } from "@bufbuild/protobuf";
 import type { HandlerContext } from "@connectrpc/connect";
 import { RestaurantResultSchema } from "../../../gen/dabba/catalog/v1/catalog_pb.js";
@@ -18,12 +19,11 @@ import {
   MAX_RADIUS_KM,
   MAX_SEARCH_OFFSET,
   deliveryFeeMinor,
-  etaRange,
   normalizeQuery,
   textThreshold,
 } from "../domain.js";
 import type { SearchQuery } from "../store.js";
-import { eta, money, restaurantProto, type HandlerDeps } from "./proto.js";
+import { eta, etaRestaurant, money, restaurantProto, type HandlerDeps } from "./proto.js";
 import { requireLatLng } from "./validate.js";
 
 const MAX_TOKEN_CHARS = 200;
@@ -114,14 +114,14 @@ export function searchRestaurants(deps: HandlerDeps) {
     const hits = limit > 0 ? await deps.store.search(q) : [];
     const page = hits.slice(0, limit);
     const more = hits.length > limit && s.offset + limit < MAX_SEARCH_OFFSET;
-    const fees = deps.config.orders;
+    const quotes = await deps.eta.quoteMany(page.map((h) => etaRestaurant(h.restaurant)), { lat: s.lat, lng: s.lng });
     return create(SearchRestaurantsResponseSchema, {
-      results: page.map((h) =>
+      results: page.map((h, i) =>
         create(RestaurantResultSchema, {
           restaurant: restaurantProto(h.restaurant, now),
           distanceKm: Math.round(h.distanceKm * 1000) / 1000,
-          deliveryFee: money(deliveryFeeMinor(fees, h.distanceKm), h.restaurant.currency),
-          eta: eta(etaRange(h.restaurant.avgPrepMinutes, h.distanceKm)),
+          deliveryFee: money(deliveryFeeMinor(cityPricingFor(deps.config.orders, h.restaurant.city), h.distanceKm), h.restaurant.currency),
+          eta: eta(quotes[i]!),
           score: h.score,
         }),
       ),

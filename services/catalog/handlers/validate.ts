@@ -1,6 +1,4 @@
-import type { LatLng } from "../../../gen/dabba/common/v1/common_pb.js";
 import { invalid } from "../../platform/errors.js";
-import { latLngProblem } from "../domain.js";
 
 /** Shared request checks; each throws INVALID_ARGUMENT naming the field. */
 
@@ -12,9 +10,4 @@ export function requireId(field: string, v: string): string {
   return v;
 }
 
-export function requireLatLng(field: string, p: LatLng | undefined): { lat: number; lng: number } {
-  if (!p) throw invalid(field, "required");
-  const problem = latLngProblem(p);
-  if (problem) throw invalid(`${field}.${problem.startsWith("lat") ? "lat" : "lng"}`, problem);
-  return { lat: p.lat, lng: p.lng };
-}
+export { requireLatLng } from "../../platform/errors.js";

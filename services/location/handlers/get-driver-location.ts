@@ -34,7 +34,7 @@ export function positionFromFix(driverId: string, h: Record<string, string>, dis
 
 /**
  * GetDriverLocation: the driver's last live fix. Ops and services see every driver, a driver
- * itself, and a customer the driver carrying their active order; for anyone else, and for a
+ * itself, and a customer the driver carrying one of their active orders; for anyone else, and for a
  * driver without a live fix, NOT_FOUND (the answer does not reveal whether the driver exists).
  */
 export function getDriverLocation(deps: GetDriverLocationDeps) {
@@ -43,8 +43,7 @@ export function getDriverLocation(deps: GetDriverLocationDeps) {
     const driverId = requireId("driver_id", req.driverId);
     let allowed = p.role === "ops" || p.role === "service" || (p.role === "driver" && p.sub === driverId);
     if (!allowed && p.role === "customer") {
-      const a = await deps.activeOrders.lookup(driverId);
-      allowed = a !== undefined && a.customerId === p.sub;
+      allowed = (await deps.activeOrders.lookup(driverId)).some((a) => a.customerId === p.sub);
     }
     if (!allowed) throw new NotFoundError("driver location not found");
     const position = positionFromFix(driverId, await deps.redis.kv.hgetall(driverFixKey(driverId)));

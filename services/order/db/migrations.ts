@@ -1,4 +1,5 @@
 import { sql, type Kysely, type Migration } from "kysely";
+import { m20261123T1100_order_payments, m20261204T1000_test_gateway_decline_fault } from "../payments/migrations.js";
 
 // Frozen: never edit a migration once committed; add a new one. Run with db.migrate("order", migrations).
 
@@ -99,7 +100,81 @@ const m20261121T1001_order_init: Migration = {
   },
 };
 
+// Stacking: a driver may carry up to dispatch.stackSize active orders, so the unique index that
+// allowed one gives way to a plain one serving the store's count under a per-driver advisory lock.
+const m20261121T1500_order_driver_stack: Migration = {
+  async up(db: Kysely<any>) {
+    await sql`drop index if exists orders_one_active_per_driver`.execute(db);
+    await sql`create index orders_driver_active_idx on orders (driver_id) where driver_id is not null and status not in ('DELIVERED','CANCELLED')`.execute(db);
+  },
+  async down(db: Kysely<any>) {
+    await sql`drop index if exists orders_driver_active_idx`.execute(db);
+    // Fails while any driver carries more than one active order; unassign those first.
+    await sql`create unique index orders_one_active_per_driver on orders (driver_id) where driver_id is not null and status not in ('DELIVERED','CANCELLED')`.execute(db);
+  },
+};
+
+// Dispatch flag: when nobody took the order in time. The history kind check gains 'dispatch_flagged'.
+const m20261122T1000_order_dispatch_flag: Migration = {
+  async up(db: Kysely<any>) {
+    await sql`alter table orders add column dispatch_flagged_at timestamptz null`.execute(db);
+    await sql`alter table order_status_history drop constraint order_status_history_kind_check`.execute(db);
+    await sql`alter table order_status_history add constraint order_status_history_kind_check check (kind in ('status','driver_assigned','driver_unassigned','dispatch_flagged'))`.execute(db);
+  },
+  async down(db: Kysely<any>) {
+    // Fails while flag rows exist; the flags are history, so removing them is left to the operator.
+    await sql`alter table order_status_history drop constraint order_status_history_kind_check`.execute(db);
+    await sql`alter table order_status_history add constraint order_status_history_kind_check check (kind in ('status','driver_assigned','driver_unassigned'))`.execute(db);
+    await sql`alter table orders drop column dispatch_flagged_at`.execute(db);
+  },
+};
+
+// Money, lifecycle and live ETA (issue 5): the order's payment state and the amounts the payment
+// worker settles to, the append-only gateway ledger, the restaurant's answer deadline, delivery
+// time (the tip window) and the live ETA bounds.
+const m20261123T1000_order_money: Migration = {
+  async up(db: Kysely<any>) {
+    await sql`alter table orders
+      add column payment_status text not null default 'authorized'
+        check (payment_status in ('pending','authorized','captured','voided','partially_refunded','refunded','failed')),
+      add column payment_token text not null default '',
+      add column due_minor int8 not null default 0 check (due_minor >= 0),
+      add column charged_minor int8 not null default 0,
+      add column refunded_minor int8 not null default 0 check (refunded_minor >= 0),
+      add column delivered_at timestamptz null,
+      add column answer_by timestamptz null,
+      add column eta_low_at timestamptz null,
+      add column eta_high_at timestamptz null`.execute(db);
+    await sql`create table payment_ledger (
+      id bigserial primary key,
+      order_id text not null,
+      operation text not null check (operation in ('authorize','capture','void','refund')),
+      amount_minor int8 not null check (amount_minor >= 0),
+      currency text not null,
+      outcome text not null check (outcome in ('approved','declined','timeout','error')),
+      idempotency_key text not null,
+      gateway_ref text not null default '',
+      reason text not null default '',
+      at timestamptz not null default now()
+    )`.execute(db);
+    await sql`create index payment_ledger_order_idx on payment_ledger (order_id, id)`.execute(db);
+    // A gateway operation is approved at most once: a retry with the same key replays it.
+    await sql`create unique index payment_ledger_approved_key on payment_ledger (idempotency_key) where outcome = 'approved'`.execute(db);
+  },
+  async down(db: Kysely<any>) {
+    await sql`drop table payment_ledger`.execute(db);
+    await sql`alter table orders
+      drop column payment_status, drop column payment_token, drop column due_minor, drop column charged_minor,
+      drop column refunded_minor, drop column delivered_at, drop column answer_by, drop column eta_low_at, drop column eta_high_at`.execute(db);
+  },
+};
+
 /** The order service's migrations, by frozen timestamped name. */
 export const migrations: Record<string, Migration> = {
   "20261121T1001_order_init": m20261121T1001_order_init,
+  "20261121T1500_order_driver_stack": m20261121T1500_order_driver_stack,
+  "20261122T1000_order_dispatch_flag": m20261122T1000_order_dispatch_flag,
+  "20261123T1000_order_money": m20261123T1000_order_money,
+  "20261123T1100_order_payments": m20261123T1100_order_payments,
+  "20261204T1000_test_gateway_decline_fault": m20261204T1000_test_gateway_decline_fault,
 };

@@ -44,14 +44,53 @@ export interface OrdersTable {
   cancellation_fee_minor: Generated<number>;
   /** Sequence number the next event of this order gets (events start at 1). */
   next_event_seq: number;
+  /** When dispatch flagged the order (nobody took it in time); null when never flagged. */
+  dispatch_flagged_at: Date | null;
+  /** Where the money stands at the gateway (PaymentStatus, lower case). */
+  payment_status: Generated<PaymentState>;
+  /** The gateway's payment method token given at placement. */
+  payment_token: Generated<string>;
+  /**
+   * What the customer owes in the order's current state (0 until accepted; the total once
+   * accepted; the fee after a late cancellation; less operator refunds): the amount the payment
+   * worker brings the gateway to.
+   */
+  due_minor: Generated<number>;
+  /** Captured minus refunded according to the ledger (kept by the payment worker). */
+  charged_minor: Generated<number>;
+  refunded_minor: Generated<number>;
+  delivered_at: Date | null;
+  /** When an unanswered PLACED order is auto-confirmed or auto-rejected. */
+  answer_by: Date | null;
+  /** Live delivery estimate bounds. */
+  eta_low_at: Date | null;
+  eta_high_at: Date | null;
   created_at: Date;
   updated_at: Date;
+}
+
+export type PaymentState = "pending" | "authorized" | "captured" | "voided" | "partially_refunded" | "refunded" | "failed";
+export type LedgerOperation = "authorize" | "capture" | "void" | "refund";
+export type LedgerOutcome = "approved" | "declined" | "timeout" | "error";
+
+/** payment_ledger: one row per gateway call and its result; append-only. */
+export interface PaymentLedgerTable {
+  id: Generated<string>;
+  order_id: string;
+  operation: LedgerOperation;
+  amount_minor: number;
+  currency: string;
+  outcome: LedgerOutcome;
+  idempotency_key: string;
+  gateway_ref: Generated<string>;
+  reason: Generated<string>;
+  at: Generated<Date>;
 }
 
 export interface OrderStatusHistoryTable {
   order_id: string;
   seq: number;
-  /** "status" | "driver_assigned" | "driver_unassigned" */
+  /** "status" | "driver_assigned" | "driver_unassigned" | "dispatch_flagged" */
   kind: string;
   status: Status;
   actor_role: string;
@@ -74,6 +113,7 @@ export interface OrderDatabase {
   orders: OrdersTable;
   order_status_history: OrderStatusHistoryTable;
   idempotency_keys: IdempotencyKeysTable;
+  payment_ledger: PaymentLedgerTable;
   outbox: Omit<OutboxTable, "id" | "created_at" | "published_at"> & {
     id: Generated<number>;
     created_at: Generated<Date>;
@@ -87,3 +127,5 @@ export type OrderUpdate = Updateable<OrdersTable>;
 export type HistoryRow = Selectable<OrderStatusHistoryTable>;
 export type NewHistoryRow = Insertable<OrderStatusHistoryTable>;
 export type IdempotencyRow = Selectable<IdempotencyKeysTable>;
+export type LedgerRow = Selectable<PaymentLedgerTable>;
+export type NewLedgerRow = Insertable<PaymentLedgerTable>;

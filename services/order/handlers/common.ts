@@ -2,7 +2,7 @@ import type { HandlerContext } from "@connectrpc/connect";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { CatalogService, CartLine, PriceCartResponse } from "../../../gen/dabba/catalog/v1/catalog_service_pb.js";
 import type { DeliveryAddress } from "../../../gen/dabba/order/v1/order_pb.js";
-import type { Config } from "../../platform/config.js";
+import { cityPricingFor, type Config } from "../../platform/config.js";
 import { invalid, requireId } from "../../platform/errors.js";
 import type { Logger } from "../../platform/logger.js";
 import type { RedisPorts } from "../../platform/redis.js";
@@ -11,6 +11,7 @@ import { computeTotals, type CommandRequest, type Totals } from "../domain.js";
 import type { CommandExtras, OrderStore } from "../store.js";
 import type { StoredLine } from "../db/tables.js";
 import type { Order } from "../../../gen/dabba/order/v1/order_pb.js";
+import type { Payments } from "../payments/index.js";
 
 /** What every order handler needs. */
 export interface OrderHandlerDeps {
@@ -19,6 +20,8 @@ export interface OrderHandlerDeps {
   redis: RedisPorts;
   logger: Logger;
   catalog: () => Client<typeof CatalogService>;
+  /** The payment port, ledger and settlement (services/order/payments). */
+  payments: Payments;
 }
 
 /** Channel carrying a restaurant's changed orders (protobuf Order) to its watchers in every process. */
@@ -146,7 +149,7 @@ export async function priceCart(
     subtotalMinor: Number(priced.subtotal?.amountMinor ?? 0n),
     deliveryFeeMinor: Number(priced.deliveryFee?.amountMinor ?? 0n),
     tipMinor,
-    taxBps: deps.config.orders.taxBps,
+    taxBps: cityPricingFor(deps.config.orders, priced.restaurant?.city).taxBps,
   });
   return { priced, currency, lines, totals };
 }

@@ -3,7 +3,7 @@ import { toBinary } from "@bufbuild/protobuf";
 import type { HandlerContext } from "@connectrpc/connect";
 import { PlaceOrderRequestSchema, type PlaceOrderRequest } from "../../../gen/dabba/order/v1/order_service_pb.js";
 import { requireRole } from "../../platform/auth.js";
-import { AlreadyExistsError, ExhaustedError, invalid } from "../../platform/errors.js";
+import { AlreadyExistsError, ExhaustedError, PreconditionError, invalid } from "../../platform/errors.js";
 import { LIMITS, boundedText, priceCart, validateCartRequest, type OrderHandlerDeps } from "./common.js";
 
 export const IDEMPOTENCY_HEADER = "idempotency-key";
@@ -19,7 +19,7 @@ export function placeOrder(deps: OrderHandlerDeps) {
     if (key === "") throw invalid(IDEMPOTENCY_HEADER, "header is required");
     if (key.length > LIMITS.idempotencyKeyMax) throw invalid(IDEMPOTENCY_HEADER, `must be at most ${LIMITS.idempotencyKeyMax} characters`);
     const { delivery, tipMinor } = validateCartRequest(req);
-    boundedText("payment_token", req.paymentToken, 256);
+    boundedText("payment_token", req.paymentToken, 256, true);
 
     const customerId = principal.sub;
     const requestHash = createHash("sha256").update(toBinary(PlaceOrderRequestSchema, req)).digest("hex");
@@ -38,6 +38,16 @@ export function placeOrder(deps: OrderHandlerDeps) {
 
     const { priced, currency, lines, totals } = await priceCart(deps, req, delivery, tipMinor, ctx.signal);
     const r = priced.restaurant;
+    // The total is authorized before the order is written: declined -> no order; unknown -> PAYMENT_PENDING.
+    const auth = await deps.payments.authorizePlacement({
+      customerId,
+      idempotencyKey: key,
+      requestHash,
+      token: req.paymentToken,
+      amountMinor: totals.totalMinor,
+      currency,
+    });
+    if (auth.declined) throw new PreconditionError(`payment declined: ${auth.reason}`);
     const { order } = await deps.store.place(
       {
         customerId,
@@ -54,8 +64,11 @@ export function placeOrder(deps: OrderHandlerDeps) {
         totalMinor: totals.totalMinor,
         eta: { minMinutes: priced.eta?.minMinutes ?? 0, maxMinutes: priced.eta?.maxMinutes ?? 0 },
         distanceKm: priced.distanceKm,
+        answerBy: new Date(Date.now() + (r?.answerTimeoutSeconds || deps.config.orders.answerTimeoutS) * 1000),
+        payment: auth.payment,
       },
       { customerId, key, requestHash, ttlHours: deps.config.orders.idempotencyTtlHours },
+      (trx, orderId) => deps.payments.scheduleReconcile(trx, orderId),
     );
     return { order };
   };

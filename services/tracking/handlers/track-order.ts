@@ -3,6 +3,7 @@ import { raceSignal } from "../../platform/abort.js";
 import { timestampMs, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Client, type HandlerContext } from "@connectrpc/connect";
 import type { Event } from "../../../gen/dabba/events/v1/events_pb.js";
+import { EtaRangeSchema, type EtaRange } from "../../../gen/dabba/common/v1/common_pb.js";
 import type { DriverPosition } from "../../../gen/dabba/location/v1/location_pb.js";
 import { OrderStatus, TimelineEntrySchema, TimelineKind, type Order, type TimelineEntry } from "../../../gen/dabba/order/v1/order_pb.js";
 import type { OrderService } from "../../../gen/dabba/order/v1/order_service_pb.js";
@@ -34,7 +35,7 @@ export const OPENING_CONCURRENCY = 64;
 export const MAX_QUEUED_EVENTS = 256;
 const NOT_FOUND = "order not found";
 
-/** Event payloads that are timeline entries (status changes and driver assignments). */
+/** Event payloads that are status timeline entries (driver assignments and dispatch flags are mapped in timelineEntryOf). */
 const STATUS_OF: Partial<Record<NonNullable<Event["payload"]["case"]>, OrderStatus>> = {
   placed: OrderStatus.PLACED,
   confirmed: OrderStatus.CONFIRMED,
@@ -82,6 +83,10 @@ export function timelineEntryOf(ev: Event): TimelineEntry | undefined {
       reason = p.value.reason;
       status = ev.order?.status;
       break;
+    case "dispatchFlagged":
+      kind = TimelineKind.DISPATCH_FLAGGED;
+      status = ev.order?.status;
+      break;
     case "rejected":
       reason = p.value.reason;
       status = STATUS_OF[p.case];
@@ -96,6 +101,22 @@ export function timelineEntryOf(ev: Event): TimelineEntry | undefined {
   }
   if (status === undefined) return undefined;
   return create(TimelineEntrySchema, { kind, status, actor: ev.actor, reason, driverId, at: ev.occurredAt, sequence: ev.sequence });
+}
+
+/**
+ * A range with absolute bounds as minutes from `nowMs` (low rounded down, high up); a range
+ * without them (a quote) as it is. An estimate sent late (a queued event, a snapshot) still
+ * counts down from the bounds it was computed with.
+ */
+export function etaFromNow(eta: EtaRange | undefined, nowMs: number): EtaRange | undefined {
+  if (!eta || !eta.earliestAt || !eta.latestAt) return eta;
+  const low = Math.max(0, Math.floor((timestampMs(eta.earliestAt) - nowMs) / 60_000));
+  const high = Math.max(low, Math.ceil((timestampMs(eta.latestAt) - nowMs) / 60_000));
+  return create(EtaRangeSchema, { minMinutes: low, maxMinutes: high, earliestAt: eta.earliestAt, latestAt: eta.latestAt });
+}
+
+function etaMsg(eventId: string, eta: EtaRange): Resp {
+  return create(TrackOrderResponseSchema, { eventId, update: { case: "eta", value: eta } });
 }
 
 function atMs(t: Timestamp | undefined): number {
@@ -381,10 +402,16 @@ async function buildOpening(
     return { messages: [msg], terminal };
   }
   st.loaded = true;
+  // ETA and payment events take sequences without a timeline entry: the id the watcher resumes after may be one of them.
+  if (resumeAfter > st.lastSeq) st.lastSeq = resumeAfter;
   const missed = order.timeline.filter((e) => e.sequence > resumeAfter);
   // A watcher that missed the final message gets it again; one that saw everything of a finished order gets the last entry once more.
   if (missed.length === 0 && terminal && order.timeline.length > 0) missed.push(order.timeline[order.timeline.length - 1]!);
-  return { messages: missed.map((e, i) => statusMsg(orderId, e, terminal && i === missed.length - 1)), terminal };
+  const messages = missed.map((e, i) => statusMsg(orderId, e, terminal && i === missed.length - 1));
+  // ETA changes are not in the timeline: a resumed open order gets the current estimate once.
+  const eta = terminal ? undefined : etaFromNow(order.eta, Date.now());
+  if (eta?.earliestAt) messages.push(etaMsg("", eta));
+  return { messages, terminal };
 }
 
 /**
@@ -442,14 +469,24 @@ async function applyEvent(deps: TrackOrderDeps, orderId: string, st: StreamState
   if (seq > st.lastSeq + 1n && st.lastSeq > 0n) {
     // A gap: events published while this process was not subscribed (a Redis reconnect)
     // are lost on the channel; the order's timeline has them.
+    // Sequences without a timeline entry (ETA and payment events) are skipped; if the gap may
+    // have held an ETA change, the order's stored estimate (what it changed to) is sent once,
+    // unless this event is itself an ETA change.
     const order = await loadOrder(deps, orderId, signal);
+    const gap = seq - 1n - st.lastSeq;
+    let covered = 0n;
     for (const e of order.timeline) {
       if (e.sequence <= st.lastSeq || e.sequence >= seq || st.terminal) continue;
+      covered++;
       st.lastSeq = e.sequence;
       if (e.kind === TimelineKind.DRIVER_ASSIGNED) st.driver = e.driverId;
       else if (e.kind === TimelineKind.DRIVER_UNASSIGNED) st.driver = "";
       st.terminal = isTerminal(e.status);
       out.push(statusMsg(orderId, e, st.terminal));
+    }
+    if (covered < gap && !st.terminal && ev.payload.case !== "etaChanged") {
+      const eta = etaFromNow(order.eta, Date.now());
+      if (eta?.earliestAt) out.push(etaMsg("", eta));
     }
   }
   if (seq > st.lastSeq) st.lastSeq = seq;
@@ -457,7 +494,8 @@ async function applyEvent(deps: TrackOrderDeps, orderId: string, st: StreamState
   if (st.terminal) {
     // The gap held the end of the order: out already ends with the final status.
   } else if (p.case === "etaChanged") {
-    if (p.value.eta) out.push(create(TrackOrderResponseSchema, { eventId: ev.eventId, update: { case: "eta", value: p.value.eta } }));
+    const eta = etaFromNow(p.value.eta, Date.now());
+    if (eta) out.push(etaMsg(ev.eventId, eta));
   } else {
     const entry = timelineEntryOf(ev);
     if (entry) {
@@ -525,7 +563,8 @@ async function buildSnapshot(
   order: Order,
   terminal: boolean,
 ): Promise<{ value: NonNullable<Extract<Msg["update"], { case: "snapshot" }>["value"]>; positionAt: number }> {
-  const value: NonNullable<Extract<Msg["update"], { case: "snapshot" }>["value"]> = { order, eta: order.eta };
+  // The order's eta holds the quote's minutes and the current absolute bounds: shown as minutes from now.
+  const value: NonNullable<Extract<Msg["update"], { case: "snapshot" }>["value"]> = { order, eta: terminal ? order.eta : etaFromNow(order.eta, Date.now()) };
   let positionAt = 0;
   if (order.driverId !== "") {
     const [profile, fix] = await deps.redis.hgetallMany([driverProfileKey(order.driverId), driverFixKey(order.driverId)]);

@@ -4,8 +4,8 @@
 
 // Package dabba.catalog.v1 holds restaurants, menus and search.
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { EtaRange, LatLng, Money } from "../../common/v1/common_pb.js";
 import { file_dabba_common_v1_common } from "../../common/v1/common_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dabba/catalog/v1/catalog.proto.
  */
 export const file_dabba_catalog_v1_catalog: GenFile = /*@__PURE__*/
-  fileDesc("Ch5kYWJiYS9jYXRhbG9nL3YxL2NhdGFsb2cucHJvdG8SEGRhYmJhLmNhdGFsb2cudjEigAMKClJlc3RhdXJhbnQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIpCghsb2NhdGlvbhgEIAEoCzIXLmRhYmJhLmNvbW1vbi52MS5MYXRMbmcSDwoHYWRkcmVzcxgFIAEoCRIQCghjdWlzaW5lcxgGIAMoCRIOCgZyYXRpbmcYByABKAESFAoMcmF0aW5nX2NvdW50GAggASgFEhMKC3ByaWNlX2xldmVsGAkgASgFEi0KBWhvdXJzGAogAygLMh4uZGFiYmEuY2F0YWxvZy52MS5PcGVuaW5nSG91cnMSDwoHaXNfb3BlbhgLIAEoCBIQCghvcGVuX25vdxgMIAEoCBIaChJkZWxpdmVyeV9yYWRpdXNfa20YDSABKAESGAoQYXZnX3ByZXBfbWludXRlcxgOIAEoBRISCgpwb3B1bGFyaXR5GA8gASgBEhAKCGN1cnJlbmN5GBAgASgJEgwKBGNpdHkYESABKAkiTgoMT3BlbmluZ0hvdXJzEhMKC2RheV9vZl93ZWVrGAEgASgFEhMKC29wZW5fbWludXRlGAIgASgFEhQKDGNsb3NlX21pbnV0ZRgDIAEoBSJRCgRNZW51EhUKDXJlc3RhdXJhbnRfaWQYASABKAkSMgoKY2F0ZWdvcmllcxgCIAMoCzIeLmRhYmJhLmNhdGFsb2cudjEuTWVudUNhdGVnb3J5IlMKDE1lbnVDYXRlZ29yeRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEikKBWl0ZW1zGAMgAygLMhouZGFiYmEuY2F0YWxvZy52MS5NZW51SXRlbSK3AQoITWVudUl0ZW0SCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIlCgVwcmljZRgEIAEoCzIWLmRhYmJhLmNvbW1vbi52MS5Nb25leRIRCglhdmFpbGFibGUYBSABKAgSQgoUY3VzdG9taXphdGlvbl9ncm91cHMYBiADKAsyJC5kYWJiYS5jYXRhbG9nLnYxLkN1c3RvbWl6YXRpb25Hcm91cCKQAQoSQ3VzdG9taXphdGlvbkdyb3VwEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEwoLbWluX2Nob2ljZXMYAyABKAUSEwoLbWF4X2Nob2ljZXMYBCABKAUSNgoHb3B0aW9ucxgFIAMoCzIlLmRhYmJhLmNhdGFsb2cudjEuQ3VzdG9taXphdGlvbk9wdGlvbiJvChNDdXN0b21pemF0aW9uT3B0aW9uEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSKwoLcHJpY2VfZGVsdGEYAyABKAsyFi5kYWJiYS5jb21tb24udjEuTW9uZXkSEQoJYXZhaWxhYmxlGAQgASgIIr4BChBSZXN0YXVyYW50UmVzdWx0EjAKCnJlc3RhdXJhbnQYASABKAsyHC5kYWJiYS5jYXRhbG9nLnYxLlJlc3RhdXJhbnQSEwoLZGlzdGFuY2Vfa20YAiABKAESLAoMZGVsaXZlcnlfZmVlGAMgASgLMhYuZGFiYmEuY29tbW9uLnYxLk1vbmV5EiYKA2V0YRgEIAEoCzIZLmRhYmJhLmNvbW1vbi52MS5FdGFSYW5nZRINCgVzY29yZRgFIAEoAWIGcHJvdG8z", [file_dabba_common_v1_common]);
+  fileDesc("Ch5kYWJiYS9jYXRhbG9nL3YxL2NhdGFsb2cucHJvdG8SEGRhYmJhLmNhdGFsb2cudjEi1wMKClJlc3RhdXJhbnQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIpCghsb2NhdGlvbhgEIAEoCzIXLmRhYmJhLmNvbW1vbi52MS5MYXRMbmcSDwoHYWRkcmVzcxgFIAEoCRIQCghjdWlzaW5lcxgGIAMoCRIOCgZyYXRpbmcYByABKAESFAoMcmF0aW5nX2NvdW50GAggASgFEhMKC3ByaWNlX2xldmVsGAkgASgFEi0KBWhvdXJzGAogAygLMh4uZGFiYmEuY2F0YWxvZy52MS5PcGVuaW5nSG91cnMSDwoHaXNfb3BlbhgLIAEoCBIQCghvcGVuX25vdxgMIAEoCBIaChJkZWxpdmVyeV9yYWRpdXNfa20YDSABKAESGAoQYXZnX3ByZXBfbWludXRlcxgOIAEoBRISCgpwb3B1bGFyaXR5GA8gASgBEhAKCGN1cnJlbmN5GBAgASgJEgwKBGNpdHkYESABKAkSNQoNYW5zd2VyX3BvbGljeRgSIAEoDjIeLmRhYmJhLmNhdGFsb2cudjEuQW5zd2VyUG9saWN5Eh4KFmFuc3dlcl90aW1lb3V0X3NlY29uZHMYEyABKAUiTgoMT3BlbmluZ0hvdXJzEhMKC2RheV9vZl93ZWVrGAEgASgFEhMKC29wZW5fbWludXRlGAIgASgFEhQKDGNsb3NlX21pbnV0ZRgDIAEoBSJRCgRNZW51EhUKDXJlc3RhdXJhbnRfaWQYASABKAkSMgoKY2F0ZWdvcmllcxgCIAMoCzIeLmRhYmJhLmNhdGFsb2cudjEuTWVudUNhdGVnb3J5IlMKDE1lbnVDYXRlZ29yeRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEikKBWl0ZW1zGAMgAygLMhouZGFiYmEuY2F0YWxvZy52MS5NZW51SXRlbSK3AQoITWVudUl0ZW0SCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIlCgVwcmljZRgEIAEoCzIWLmRhYmJhLmNvbW1vbi52MS5Nb25leRIRCglhdmFpbGFibGUYBSABKAgSQgoUY3VzdG9taXphdGlvbl9ncm91cHMYBiADKAsyJC5kYWJiYS5jYXRhbG9nLnYxLkN1c3RvbWl6YXRpb25Hcm91cCKQAQoSQ3VzdG9taXphdGlvbkdyb3VwEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEwoLbWluX2Nob2ljZXMYAyABKAUSEwoLbWF4X2Nob2ljZXMYBCABKAUSNgoHb3B0aW9ucxgFIAMoCzIlLmRhYmJhLmNhdGFsb2cudjEuQ3VzdG9taXphdGlvbk9wdGlvbiJvChNDdXN0b21pemF0aW9uT3B0aW9uEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSKwoLcHJpY2VfZGVsdGEYAyABKAsyFi5kYWJiYS5jb21tb24udjEuTW9uZXkSEQoJYXZhaWxhYmxlGAQgASgIIr4BChBSZXN0YXVyYW50UmVzdWx0EjAKCnJlc3RhdXJhbnQYASABKAsyHC5kYWJiYS5jYXRhbG9nLnYxLlJlc3RhdXJhbnQSEwoLZGlzdGFuY2Vfa20YAiABKAESLAoMZGVsaXZlcnlfZmVlGAMgASgLMhYuZGFiYmEuY29tbW9uLnYxLk1vbmV5EiYKA2V0YRgEIAEoCzIZLmRhYmJhLmNvbW1vbi52MS5FdGFSYW5nZRINCgVzY29yZRgFIAEoASpsCgxBbnN3ZXJQb2xpY3kSHQoZQU5TV0VSX1BPTElDWV9VTlNQRUNJRklFRBAAEh4KGkFOU1dFUl9QT0xJQ1lfQVVUT19DT05GSVJNEAESHQoZQU5TV0VSX1BPTElDWV9BVVRPX1JFSkVDVBACYgZwcm90bzM", [file_dabba_common_v1_common]);
 
 /**
  * Restaurant is a place that cooks and hands orders to drivers.
@@ -140,6 +140,20 @@ export type Restaurant = Message<"dabba.catalog.v1.Restaurant"> & {
    * @generated from field: string city = 17;
    */
   city: string;
+
+  /**
+   * answer_policy is what happens to an order the restaurant has not answered within answer_timeout_seconds.
+   *
+   * @generated from field: dabba.catalog.v1.AnswerPolicy answer_policy = 18;
+   */
+  answerPolicy: AnswerPolicy;
+
+  /**
+   * answer_timeout_seconds is how long a PLACED order waits for the restaurant, 30 to 3600; 0 means the platform default (ORDERS_ANSWER_TIMEOUT_S).
+   *
+   * @generated from field: int32 answer_timeout_seconds = 19;
+   */
+  answerTimeoutSeconds: number;
 };
 
 /**
@@ -442,4 +456,38 @@ export type RestaurantResult = Message<"dabba.catalog.v1.RestaurantResult"> & {
  */
 export const RestaurantResultSchema: GenMessage<RestaurantResult> = /*@__PURE__*/
   messageDesc(file_dabba_catalog_v1_catalog, 7);
+
+/**
+ * AnswerPolicy is what happens to an order its restaurant did not answer in time.
+ *
+ * @generated from enum dabba.catalog.v1.AnswerPolicy
+ */
+export enum AnswerPolicy {
+  /**
+   * ANSWER_POLICY_UNSPECIFIED means the platform default (ORDERS_ANSWER_POLICY, auto-reject unless configured).
+   *
+   * @generated from enum value: ANSWER_POLICY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * ANSWER_POLICY_AUTO_CONFIRM confirms the order on the restaurant's behalf (its tablet rings, it cooks).
+   *
+   * @generated from enum value: ANSWER_POLICY_AUTO_CONFIRM = 1;
+   */
+  AUTO_CONFIRM = 1,
+
+  /**
+   * ANSWER_POLICY_AUTO_REJECT rejects the order ("restaurant did not answer"); the authorization is voided.
+   *
+   * @generated from enum value: ANSWER_POLICY_AUTO_REJECT = 2;
+   */
+  AUTO_REJECT = 2,
+}
+
+/**
+ * Describes the enum dabba.catalog.v1.AnswerPolicy.
+ */
+export const AnswerPolicySchema: GenEnum<AnswerPolicy> = /*@__PURE__*/
+  enumDesc(file_dabba_catalog_v1_catalog, 0);
 

@@ -6,13 +6,15 @@
 
 import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file dabba/common/v1/common.proto.
  */
 export const file_dabba_common_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChxkYWJiYS9jb21tb24vdjEvY29tbW9uLnByb3RvEg9kYWJiYS5jb21tb24udjEiIgoGTGF0TG5nEgsKA2xhdBgBIAEoARILCgNsbmcYAiABKAEiLwoFTW9uZXkSFAoMYW1vdW50X21pbm9yGAEgASgDEhAKCGN1cnJlbmN5GAIgASgJIjQKCEV0YVJhbmdlEhMKC21pbl9taW51dGVzGAEgASgFEhMKC21heF9taW51dGVzGAIgASgFIj0KBUFjdG9yEigKBHJvbGUYASABKA4yGi5kYWJiYS5jb21tb24udjEuQWN0b3JSb2xlEgoKAmlkGAIgASgJKp4BCglBY3RvclJvbGUSGgoWQUNUT1JfUk9MRV9VTlNQRUNJRklFRBAAEhcKE0FDVE9SX1JPTEVfQ1VTVE9NRVIQARIZChVBQ1RPUl9ST0xFX1JFU1RBVVJBTlQQAhIVChFBQ1RPUl9ST0xFX0RSSVZFUhADEhIKDkFDVE9SX1JPTEVfT1BTEAQSFgoSQUNUT1JfUk9MRV9TRVJWSUNFEAViBnByb3RvMw");
+  fileDesc("ChxkYWJiYS9jb21tb24vdjEvY29tbW9uLnByb3RvEg9kYWJiYS5jb21tb24udjEiIgoGTGF0TG5nEgsKA2xhdBgBIAEoARILCgNsbmcYAiABKAEiLwoFTW9uZXkSFAoMYW1vdW50X21pbm9yGAEgASgDEhAKCGN1cnJlbmN5GAIgASgJIpQBCghFdGFSYW5nZRITCgttaW5fbWludXRlcxgBIAEoBRITCgttYXhfbWludXRlcxgCIAEoBRIvCgtlYXJsaWVzdF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJbGF0ZXN0X2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI9CgVBY3RvchIoCgRyb2xlGAEgASgOMhouZGFiYmEuY29tbW9uLnYxLkFjdG9yUm9sZRIKCgJpZBgCIAEoCSqeAQoJQWN0b3JSb2xlEhoKFkFDVE9SX1JPTEVfVU5TUEVDSUZJRUQQABIXChNBQ1RPUl9ST0xFX0NVU1RPTUVSEAESGQoVQUNUT1JfUk9MRV9SRVNUQVVSQU5UEAISFQoRQUNUT1JfUk9MRV9EUklWRVIQAxISCg5BQ1RPUl9ST0xFX09QUxAEEhYKEkFDVE9SX1JPTEVfU0VSVklDRRAFYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * LatLng is a WGS84 point.
@@ -89,6 +91,20 @@ export type EtaRange = Message<"dabba.common.v1.EtaRange"> & {
    * @generated from field: int32 max_minutes = 2;
    */
   maxMinutes: number;
+
+  /**
+   * earliest_at is the low end as a time; unset on a quote's range.
+   *
+   * @generated from field: google.protobuf.Timestamp earliest_at = 3;
+   */
+  earliestAt?: Timestamp | undefined;
+
+  /**
+   * latest_at is the high end as a time; unset on a quote's range.
+   *
+   * @generated from field: google.protobuf.Timestamp latest_at = 4;
+   */
+  latestAt?: Timestamp | undefined;
 };
 
 /**

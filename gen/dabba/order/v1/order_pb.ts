@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dabba/order/v1/order.proto.
  */
 export const file_dabba_order_v1_order: GenFile = /*@__PURE__*/
-  fileDesc("ChpkYWJiYS9vcmRlci92MS9vcmRlci5wcm90bxIOZGFiYmEub3JkZXIudjEizAYKBU9yZGVyEgoKAmlkGAEgASgJEhMKC2N1c3RvbWVyX2lkGAIgASgJEhUKDXJlc3RhdXJhbnRfaWQYAyABKAkSFwoPcmVzdGF1cmFudF9uYW1lGAQgASgJEisKBnN0YXR1cxgFIAEoDjIbLmRhYmJhLm9yZGVyLnYxLk9yZGVyU3RhdHVzEg8KB3ZlcnNpb24YBiABKAMSKAoFbGluZXMYByADKAsyGS5kYWJiYS5vcmRlci52MS5PcmRlckxpbmUSMQoIZGVsaXZlcnkYCCABKAsyHy5kYWJiYS5vcmRlci52MS5EZWxpdmVyeUFkZHJlc3MSMAoPcGlja3VwX2xvY2F0aW9uGAkgASgLMhcuZGFiYmEuY29tbW9uLnYxLkxhdExuZxIoCghzdWJ0b3RhbBgKIAEoCzIWLmRhYmJhLmNvbW1vbi52MS5Nb25leRIsCgxkZWxpdmVyeV9mZWUYCyABKAsyFi5kYWJiYS5jb21tb24udjEuTW9uZXkSIwoDdGF4GAwgASgLMhYuZGFiYmEuY29tbW9uLnYxLk1vbmV5EiMKA3RpcBgNIAEoCzIWLmRhYmJhLmNvbW1vbi52MS5Nb25leRIlCgV0b3RhbBgOIAEoCzIWLmRhYmJhLmNvbW1vbi52MS5Nb25leRImCgNldGEYDyABKAsyGS5kYWJiYS5jb21tb24udjEuRXRhUmFuZ2USEQoJZHJpdmVyX2lkGBAgASgJEiwKDGNhbmNlbGxlZF9ieRgRIAEoCzIWLmRhYmJhLmNvbW1vbi52MS5BY3RvchIbChNjYW5jZWxsYXRpb25fcmVhc29uGBIgASgJEjAKEGNhbmNlbGxhdGlvbl9mZWUYEyABKAsyFi5kYWJiYS5jb21tb24udjEuTW9uZXkSLwoIdGltZWxpbmUYFCADKAsyHS5kYWJiYS5vcmRlci52MS5UaW1lbGluZUVudHJ5Ei4KCmNyZWF0ZWRfYXQYFSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYFiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2Rpc3RhbmNlX2ttGBcgASgBItQBCglPcmRlckxpbmUSDwoHaXRlbV9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhAKCHF1YW50aXR5GAMgASgFEioKCnVuaXRfcHJpY2UYBCABKAsyFi5kYWJiYS5jb21tb24udjEuTW9uZXkSMAoHb3B0aW9ucxgFIAMoCzIfLmRhYmJhLm9yZGVyLnYxLk9yZGVyTGluZU9wdGlvbhIqCgpsaW5lX3RvdGFsGAYgASgLMhYuZGFiYmEuY29tbW9uLnYxLk1vbmV5EgwKBG5vdGUYByABKAkiXwoPT3JkZXJMaW5lT3B0aW9uEhEKCW9wdGlvbl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEisKC3ByaWNlX2RlbHRhGAMgASgLMhYuZGFiYmEuY29tbW9uLnYxLk1vbmV5ImgKD0RlbGl2ZXJ5QWRkcmVzcxIpCghsb2NhdGlvbhgBIAEoCzIXLmRhYmJhLmNvbW1vbi52MS5MYXRMbmcSFAoMYWRkcmVzc19saW5lGAIgASgJEhQKDGluc3RydWN0aW9ucxgDIAEoCSLsAQoNVGltZWxpbmVFbnRyeRIqCgRraW5kGAEgASgOMhwuZGFiYmEub3JkZXIudjEuVGltZWxpbmVLaW5kEisKBnN0YXR1cxgCIAEoDjIbLmRhYmJhLm9yZGVyLnYxLk9yZGVyU3RhdHVzEiUKBWFjdG9yGAMgASgLMhYuZGFiYmEuY29tbW9uLnYxLkFjdG9yEg4KBnJlYXNvbhgEIAEoCRIRCglkcml2ZXJfaWQYBSABKAkSJgoCYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHNlcXVlbmNlGAcgASgDKrACCgtPcmRlclN0YXR1cxIcChhPUkRFUl9TVEFUVVNfVU5TUEVDSUZJRUQQABIgChxPUkRFUl9TVEFUVVNfUEFZTUVOVF9QRU5ESU5HEAESFwoTT1JERVJfU1RBVFVTX1BMQUNFRBACEhoKFk9SREVSX1NUQVRVU19DT05GSVJNRUQQAxIaChZPUkRFUl9TVEFUVVNfUFJFUEFSSU5HEAQSIQodT1JERVJfU1RBVFVTX1JFQURZX0ZPUl9QSUNLVVAQBRIaChZPUkRFUl9TVEFUVVNfUElDS0VEX1VQEAYSGQoVT1JERVJfU1RBVFVTX0VOX1JPVVRFEAcSGgoWT1JERVJfU1RBVFVTX0RFTElWRVJFRBAIEhoKFk9SREVSX1NUQVRVU19DQU5DRUxMRUQQCSqPAQoMVGltZWxpbmVLaW5kEh0KGVRJTUVMSU5FX0tJTkRfVU5TUEVDSUZJRUQQABIYChRUSU1FTElORV9LSU5EX1NUQVRVUxABEiEKHVRJTUVMSU5FX0tJTkRfRFJJVkVSX0FTU0lHTkVEEAISIwofVElNRUxJTkVfS0lORF9EUklWRVJfVU5BU1NJR05FRBADYgZwcm90bzM", [file_dabba_common_v1_common, file_google_protobuf_timestamp]);
+  fileDesc("ChpkYWJiYS9vcmRlci92MS9vcmRlci5wcm90bxIOZGFiYmEub3JkZXIudjEi+wgKBU9yZGVyEgoKAmlkGAEgASgJEhMKC2N1c3RvbWVyX2lkGAIgASgJEhUKDXJlc3RhdXJhbnRfaWQYAyABKAkSFwoPcmVzdGF1cmFudF9uYW1lGAQgASgJEisKBnN0YXR1cxgFIAEoDjIbLmRhYmJhLm9yZGVyLnYxLk9yZGVyU3RhdHVzEg8KB3ZlcnNpb24YBiABKAMSKAoFbGluZXMYByADKAsyGS5kYWJiYS5vcmRlci52MS5PcmRlckxpbmUSMQoIZGVsaXZlcnkYCCABKAsyHy5kYWJiYS5vcmRlci52MS5EZWxpdmVyeUFkZHJlc3MSMAoPcGlja3VwX2xvY2F0aW9uGAkgASgLMhcuZGFiYmEuY29tbW9uLnYxLkxhdExuZxIoCghzdWJ0b3RhbBgKIAEoCzIWLmRhYmJhLmNvbW1vbi52MS5Nb25leRIsCgxkZWxpdmVyeV9mZWUYCyABKAsyFi5kYWJiYS5jb21tb24udjEuTW9uZXkSIwoDdGF4GAwgASgLMhYuZGFiYmEuY29tbW9uLnYxLk1vbmV5EiMKA3RpcBgNIAEoCzIWLmRhYmJhLmNvbW1vbi52MS5Nb25leRIlCgV0b3RhbBgOIAEoCzIWLmRhYmJhLmNvbW1vbi52MS5Nb25leRImCgNldGEYDyABKAsyGS5kYWJiYS5jb21tb24udjEuRXRhUmFuZ2USEQoJZHJpdmVyX2lkGBAgASgJEiwKDGNhbmNlbGxlZF9ieRgRIAEoCzIWLmRhYmJhLmNvbW1vbi52MS5BY3RvchIbChNjYW5jZWxsYXRpb25fcmVhc29uGBIgASgJEjAKEGNhbmNlbGxhdGlvbl9mZWUYEyABKAsyFi5kYWJiYS5jb21tb24udjEuTW9uZXkSLwoIdGltZWxpbmUYFCADKAsyHS5kYWJiYS5vcmRlci52MS5UaW1lbGluZUVudHJ5Ei4KCmNyZWF0ZWRfYXQYFSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYFiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2Rpc3RhbmNlX2ttGBcgASgBEjcKE2Rpc3BhdGNoX2ZsYWdnZWRfYXQYGCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKDnBheW1lbnRfc3RhdHVzGBkgASgOMh0uZGFiYmEub3JkZXIudjEuUGF5bWVudFN0YXR1cxInCgdjaGFyZ2VkGBogASgLMhYuZGFiYmEuY29tbW9uLnYxLk1vbmV5EigKCHJlZnVuZGVkGBsgASgLMhYuZGFiYmEuY29tbW9uLnYxLk1vbmV5EjAKDGRlbGl2ZXJlZF9hdBgcIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOAoUcmVzdGF1cmFudF9hbnN3ZXJfYnkYHSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqQCCgtMZWRnZXJFbnRyeRIKCgJpZBgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCRIyCglvcGVyYXRpb24YAyABKA4yHy5kYWJiYS5vcmRlci52MS5MZWRnZXJPcGVyYXRpb24SJgoGYW1vdW50GAQgASgLMhYuZGFiYmEuY29tbW9uLnYxLk1vbmV5Ei8KB291dGNvbWUYBSABKA4yHi5kYWJiYS5vcmRlci52MS5QYXltZW50T3V0Y29tZRIXCg9pZGVtcG90ZW5jeV9rZXkYBiABKAkSGQoRZ2F0ZXdheV9yZWZlcmVuY2UYByABKAkSDgoGcmVhc29uGAggASgJEiYKAmF0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLUAQoJT3JkZXJMaW5lEg8KB2l0ZW1faWQYASABKAkSDAoEbmFtZRgCIAEoCRIQCghxdWFudGl0eRgDIAEoBRIqCgp1bml0X3ByaWNlGAQgASgLMhYuZGFiYmEuY29tbW9uLnYxLk1vbmV5EjAKB29wdGlvbnMYBSADKAsyHy5kYWJiYS5vcmRlci52MS5PcmRlckxpbmVPcHRpb24SKgoKbGluZV90b3RhbBgGIAEoCzIWLmRhYmJhLmNvbW1vbi52MS5Nb25leRIMCgRub3RlGAcgASgJIl8KD09yZGVyTGluZU9wdGlvbhIRCglvcHRpb25faWQYASABKAkSDAoEbmFtZRgCIAEoCRIrCgtwcmljZV9kZWx0YRgDIAEoCzIWLmRhYmJhLmNvbW1vbi52MS5Nb25leSJoCg9EZWxpdmVyeUFkZHJlc3MSKQoIbG9jYXRpb24YASABKAsyFy5kYWJiYS5jb21tb24udjEuTGF0TG5nEhQKDGFkZHJlc3NfbGluZRgCIAEoCRIUCgxpbnN0cnVjdGlvbnMYAyABKAki7AEKDVRpbWVsaW5lRW50cnkSKgoEa2luZBgBIAEoDjIcLmRhYmJhLm9yZGVyLnYxLlRpbWVsaW5lS2luZBIrCgZzdGF0dXMYAiABKA4yGy5kYWJiYS5vcmRlci52MS5PcmRlclN0YXR1cxIlCgVhY3RvchgDIAEoCzIWLmRhYmJhLmNvbW1vbi52MS5BY3RvchIOCgZyZWFzb24YBCABKAkSEQoJZHJpdmVyX2lkGAUgASgJEiYKAmF0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghzZXF1ZW5jZRgHIAEoAyqwAgoLT3JkZXJTdGF0dXMSHAoYT1JERVJfU1RBVFVTX1VOU1BFQ0lGSUVEEAASIAocT1JERVJfU1RBVFVTX1BBWU1FTlRfUEVORElORxABEhcKE09SREVSX1NUQVRVU19QTEFDRUQQAhIaChZPUkRFUl9TVEFUVVNfQ09ORklSTUVEEAMSGgoWT1JERVJfU1RBVFVTX1BSRVBBUklORxAEEiEKHU9SREVSX1NUQVRVU19SRUFEWV9GT1JfUElDS1VQEAUSGgoWT1JERVJfU1RBVFVTX1BJQ0tFRF9VUBAGEhkKFU9SREVSX1NUQVRVU19FTl9ST1VURRAHEhoKFk9SREVSX1NUQVRVU19ERUxJVkVSRUQQCBIaChZPUkRFUl9TVEFUVVNfQ0FOQ0VMTEVEEAkqswEKDFRpbWVsaW5lS2luZBIdChlUSU1FTElORV9LSU5EX1VOU1BFQ0lGSUVEEAASGAoUVElNRUxJTkVfS0lORF9TVEFUVVMQARIhCh1USU1FTElORV9LSU5EX0RSSVZFUl9BU1NJR05FRBACEiMKH1RJTUVMSU5FX0tJTkRfRFJJVkVSX1VOQVNTSUdORUQQAxIiCh5USU1FTElORV9LSU5EX0RJU1BBVENIX0ZMQUdHRUQQBCqBAgoNUGF5bWVudFN0YXR1cxIeChpQQVlNRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEhoKFlBBWU1FTlRfU1RBVFVTX1BFTkRJTkcQARIdChlQQVlNRU5UX1NUQVRVU19BVVRIT1JJWkVEEAISGwoXUEFZTUVOVF9TVEFUVVNfQ0FQVFVSRUQQAxIZChVQQVlNRU5UX1NUQVRVU19WT0lERUQQBBIlCiFQQVlNRU5UX1NUQVRVU19QQVJUSUFMTFlfUkVGVU5ERUQQBRIbChdQQVlNRU5UX1NUQVRVU19SRUZVTkRFRBAGEhkKFVBBWU1FTlRfU1RBVFVTX0ZBSUxFRBAHKqUBCg5QYXltZW50T3V0Y29tZRIfChtQQVlNRU5UX09VVENPTUVfVU5TUEVDSUZJRUQQABIcChhQQVlNRU5UX09VVENPTUVfQVBQUk9WRUQQARIcChhQQVlNRU5UX09VVENPTUVfREVDTElORUQQAhIbChdQQVlNRU5UX09VVENPTUVfVElNRU9VVBADEhkKFVBBWU1FTlRfT1VUQ09NRV9FUlJPUhAEKqkBCg9MZWRnZXJPcGVyYXRpb24SIAocTEVER0VSX09QRVJBVElPTl9VTlNQRUNJRklFRBAAEh4KGkxFREdFUl9PUEVSQVRJT05fQVVUSE9SSVpFEAESHAoYTEVER0VSX09QRVJBVElPTl9DQVBUVVJFEAISGQoVTEVER0VSX09QRVJBVElPTl9WT0lEEAMSGwoXTEVER0VSX09QRVJBVElPTl9SRUZVTkQQBGIGcHJvdG8z", [file_dabba_common_v1_common, file_google_protobuf_timestamp]);
 
 /**
  * Order is a customer's order from one restaurant.
@@ -158,7 +158,7 @@ export type Order = Message<"dabba.order.v1.Order"> & {
   cancellationFee?: Money | undefined;
 
   /**
-   * timeline is the history of status changes and driver assignments, oldest first (GetOrder only).
+   * timeline is the history of status changes, driver assignments and dispatch flags, oldest first (GetOrder only).
    *
    * @generated from field: repeated dabba.order.v1.TimelineEntry timeline = 20;
    */
@@ -184,6 +184,48 @@ export type Order = Message<"dabba.order.v1.Order"> & {
    * @generated from field: double distance_km = 23;
    */
   distanceKm: number;
+
+  /**
+   * dispatch_flagged_at is when dispatch flagged the order because no driver took it in time; unset when never flagged, and it stays set once set. A customer cancelling a flagged order before pickup gets a full refund.
+   *
+   * @generated from field: google.protobuf.Timestamp dispatch_flagged_at = 24;
+   */
+  dispatchFlaggedAt?: Timestamp | undefined;
+
+  /**
+   * payment_status is where the order's money stands at the gateway.
+   *
+   * @generated from field: dabba.order.v1.PaymentStatus payment_status = 25;
+   */
+  paymentStatus: PaymentStatus;
+
+  /**
+   * charged is what the customer has paid so far: captured minus refunded (the ledger's net).
+   *
+   * @generated from field: dabba.common.v1.Money charged = 26;
+   */
+  charged?: Money | undefined;
+
+  /**
+   * refunded is the sum of refunds so far.
+   *
+   * @generated from field: dabba.common.v1.Money refunded = 27;
+   */
+  refunded?: Money | undefined;
+
+  /**
+   * delivered_at is when the order was delivered; unset before. The tip may be changed until one hour after it.
+   *
+   * @generated from field: google.protobuf.Timestamp delivered_at = 28;
+   */
+  deliveredAt?: Timestamp | undefined;
+
+  /**
+   * restaurant_answer_by is when an unanswered PLACED order is auto-confirmed or auto-rejected (the restaurant's answer policy); unset when the order is past PLACED.
+   *
+   * @generated from field: google.protobuf.Timestamp restaurant_answer_by = 29;
+   */
+  restaurantAnswerBy?: Timestamp | undefined;
 };
 
 /**
@@ -192,6 +234,83 @@ export type Order = Message<"dabba.order.v1.Order"> & {
  */
 export const OrderSchema: GenMessage<Order> = /*@__PURE__*/
   messageDesc(file_dabba_order_v1_order, 0);
+
+/**
+ * LedgerEntry is one gateway call and its result; the ledger is append-only.
+ *
+ * @generated from message dabba.order.v1.LedgerEntry
+ */
+export type LedgerEntry = Message<"dabba.order.v1.LedgerEntry"> & {
+  /**
+   * id is the entry's identifier, increasing in the order entries were written.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * order_id is the order the money belongs to.
+   *
+   * @generated from field: string order_id = 2;
+   */
+  orderId: string;
+
+  /**
+   * operation is what was asked of the gateway.
+   *
+   * @generated from field: dabba.order.v1.LedgerOperation operation = 3;
+   */
+  operation: LedgerOperation;
+
+  /**
+   * amount is the amount asked for (for an approved call: the amount the gateway moved).
+   *
+   * @generated from field: dabba.common.v1.Money amount = 4;
+   */
+  amount?: Money | undefined;
+
+  /**
+   * outcome is what the gateway answered.
+   *
+   * @generated from field: dabba.order.v1.PaymentOutcome outcome = 5;
+   */
+  outcome: PaymentOutcome;
+
+  /**
+   * idempotency_key is the key sent with the call: derived from the order and the operation, so a retry never moves money twice.
+   *
+   * @generated from field: string idempotency_key = 6;
+   */
+  idempotencyKey: string;
+
+  /**
+   * gateway_reference is the gateway's identifier of the payment; empty when it gave none.
+   *
+   * @generated from field: string gateway_reference = 7;
+   */
+  gatewayReference: string;
+
+  /**
+   * reason is the gateway's reason for a decline or failure, or the operator's reason for a refund.
+   *
+   * @generated from field: string reason = 8;
+   */
+  reason: string;
+
+  /**
+   * at is when the result was recorded.
+   *
+   * @generated from field: google.protobuf.Timestamp at = 9;
+   */
+  at?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message dabba.order.v1.LedgerEntry.
+ * Use `create(LedgerEntrySchema)` to create a new message.
+ */
+export const LedgerEntrySchema: GenMessage<LedgerEntry> = /*@__PURE__*/
+  messageDesc(file_dabba_order_v1_order, 1);
 
 /**
  * OrderLine is one ordered item.
@@ -254,7 +373,7 @@ export type OrderLine = Message<"dabba.order.v1.OrderLine"> & {
  * Use `create(OrderLineSchema)` to create a new message.
  */
 export const OrderLineSchema: GenMessage<OrderLine> = /*@__PURE__*/
-  messageDesc(file_dabba_order_v1_order, 1);
+  messageDesc(file_dabba_order_v1_order, 2);
 
 /**
  * OrderLineOption is one chosen customization option.
@@ -289,7 +408,7 @@ export type OrderLineOption = Message<"dabba.order.v1.OrderLineOption"> & {
  * Use `create(OrderLineOptionSchema)` to create a new message.
  */
 export const OrderLineOptionSchema: GenMessage<OrderLineOption> = /*@__PURE__*/
-  messageDesc(file_dabba_order_v1_order, 2);
+  messageDesc(file_dabba_order_v1_order, 3);
 
 /**
  * DeliveryAddress is the drop-off point.
@@ -324,7 +443,7 @@ export type DeliveryAddress = Message<"dabba.order.v1.DeliveryAddress"> & {
  * Use `create(DeliveryAddressSchema)` to create a new message.
  */
 export const DeliveryAddressSchema: GenMessage<DeliveryAddress> = /*@__PURE__*/
-  messageDesc(file_dabba_order_v1_order, 3);
+  messageDesc(file_dabba_order_v1_order, 4);
 
 /**
  * TimelineEntry is one recorded event in an order's history.
@@ -387,7 +506,7 @@ export type TimelineEntry = Message<"dabba.order.v1.TimelineEntry"> & {
  * Use `create(TimelineEntrySchema)` to create a new message.
  */
 export const TimelineEntrySchema: GenMessage<TimelineEntry> = /*@__PURE__*/
-  messageDesc(file_dabba_order_v1_order, 4);
+  messageDesc(file_dabba_order_v1_order, 5);
 
 /**
  * OrderStatus is the single status of an order; see the transition table in the README.
@@ -505,6 +624,13 @@ export enum TimelineKind {
    * @generated from enum value: TIMELINE_KIND_DRIVER_UNASSIGNED = 3;
    */
   DRIVER_UNASSIGNED = 3,
+
+  /**
+   * TIMELINE_KIND_DISPATCH_FLAGGED records dispatch flagging the order: no driver took it in time (retries go on).
+   *
+   * @generated from enum value: TIMELINE_KIND_DISPATCH_FLAGGED = 4;
+   */
+  DISPATCH_FLAGGED = 4,
 }
 
 /**
@@ -512,4 +638,169 @@ export enum TimelineKind {
  */
 export const TimelineKindSchema: GenEnum<TimelineKind> = /*@__PURE__*/
   enumDesc(file_dabba_order_v1_order, 1);
+
+/**
+ * PaymentStatus is the state of an order's payment at the gateway.
+ *
+ * @generated from enum dabba.order.v1.PaymentStatus
+ */
+export enum PaymentStatus {
+  /**
+   * PAYMENT_STATUS_UNSPECIFIED is never stored.
+   *
+   * @generated from enum value: PAYMENT_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * PAYMENT_STATUS_PENDING means the authorization's outcome is not known yet (timeout, gateway error or open circuit); a reconciler settles it.
+   *
+   * @generated from enum value: PAYMENT_STATUS_PENDING = 1;
+   */
+  PENDING = 1,
+
+  /**
+   * PAYMENT_STATUS_AUTHORIZED means the total is reserved on the customer's payment method, nothing taken.
+   *
+   * @generated from enum value: PAYMENT_STATUS_AUTHORIZED = 2;
+   */
+  AUTHORIZED = 2,
+
+  /**
+   * PAYMENT_STATUS_CAPTURED means money was taken (all of the total, or the cancellation fee).
+   *
+   * @generated from enum value: PAYMENT_STATUS_CAPTURED = 3;
+   */
+  CAPTURED = 3,
+
+  /**
+   * PAYMENT_STATUS_VOIDED means the authorization was released and nothing was taken.
+   *
+   * @generated from enum value: PAYMENT_STATUS_VOIDED = 4;
+   */
+  VOIDED = 4,
+
+  /**
+   * PAYMENT_STATUS_PARTIALLY_REFUNDED means some captured money was returned.
+   *
+   * @generated from enum value: PAYMENT_STATUS_PARTIALLY_REFUNDED = 5;
+   */
+  PARTIALLY_REFUNDED = 5,
+
+  /**
+   * PAYMENT_STATUS_REFUNDED means all captured money was returned.
+   *
+   * @generated from enum value: PAYMENT_STATUS_REFUNDED = 6;
+   */
+  REFUNDED = 6,
+
+  /**
+   * PAYMENT_STATUS_FAILED means the authorization was declined or never confirmed; nothing was taken.
+   *
+   * @generated from enum value: PAYMENT_STATUS_FAILED = 7;
+   */
+  FAILED = 7,
+}
+
+/**
+ * Describes the enum dabba.order.v1.PaymentStatus.
+ */
+export const PaymentStatusSchema: GenEnum<PaymentStatus> = /*@__PURE__*/
+  enumDesc(file_dabba_order_v1_order, 2);
+
+/**
+ * PaymentOutcome is the result of one gateway call as recorded in the ledger.
+ *
+ * @generated from enum dabba.order.v1.PaymentOutcome
+ */
+export enum PaymentOutcome {
+  /**
+   * PAYMENT_OUTCOME_UNSPECIFIED is never stored.
+   *
+   * @generated from enum value: PAYMENT_OUTCOME_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * PAYMENT_OUTCOME_APPROVED means the gateway did it.
+   *
+   * @generated from enum value: PAYMENT_OUTCOME_APPROVED = 1;
+   */
+  APPROVED = 1,
+
+  /**
+   * PAYMENT_OUTCOME_DECLINED means the gateway refused it (decline, insufficient funds); final.
+   *
+   * @generated from enum value: PAYMENT_OUTCOME_DECLINED = 2;
+   */
+  DECLINED = 2,
+
+  /**
+   * PAYMENT_OUTCOME_TIMEOUT means no answer in time; the outcome is unknown until retried with the same idempotency key.
+   *
+   * @generated from enum value: PAYMENT_OUTCOME_TIMEOUT = 3;
+   */
+  TIMEOUT = 3,
+
+  /**
+   * PAYMENT_OUTCOME_ERROR means the gateway failed (5xx) or the circuit breaker was open; nothing happened.
+   *
+   * @generated from enum value: PAYMENT_OUTCOME_ERROR = 4;
+   */
+  ERROR = 4,
+}
+
+/**
+ * Describes the enum dabba.order.v1.PaymentOutcome.
+ */
+export const PaymentOutcomeSchema: GenEnum<PaymentOutcome> = /*@__PURE__*/
+  enumDesc(file_dabba_order_v1_order, 3);
+
+/**
+ * LedgerOperation is a payment gateway operation.
+ *
+ * @generated from enum dabba.order.v1.LedgerOperation
+ */
+export enum LedgerOperation {
+  /**
+   * LEDGER_OPERATION_UNSPECIFIED is never stored.
+   *
+   * @generated from enum value: LEDGER_OPERATION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * LEDGER_OPERATION_AUTHORIZE reserves an amount (at placement, and for a tip raised after delivery).
+   *
+   * @generated from enum value: LEDGER_OPERATION_AUTHORIZE = 1;
+   */
+  AUTHORIZE = 1,
+
+  /**
+   * LEDGER_OPERATION_CAPTURE takes authorized money (on acceptance; the fee on a late cancellation).
+   *
+   * @generated from enum value: LEDGER_OPERATION_CAPTURE = 2;
+   */
+  CAPTURE = 2,
+
+  /**
+   * LEDGER_OPERATION_VOID releases an authorization without taking anything.
+   *
+   * @generated from enum value: LEDGER_OPERATION_VOID = 3;
+   */
+  VOID = 3,
+
+  /**
+   * LEDGER_OPERATION_REFUND returns captured money, all or part.
+   *
+   * @generated from enum value: LEDGER_OPERATION_REFUND = 4;
+   */
+  REFUND = 4,
+}
+
+/**
+ * Describes the enum dabba.order.v1.LedgerOperation.
+ */
+export const LedgerOperationSchema: GenEnum<LedgerOperation> = /*@__PURE__*/
+  enumDesc(file_dabba_order_v1_order, 4);
 

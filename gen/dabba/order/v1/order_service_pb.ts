@@ -10,7 +10,7 @@ import type { CartLine } from "../../catalog/v1/catalog_service_pb.js";
 import { file_dabba_catalog_v1_catalog_service } from "../../catalog/v1/catalog_service_pb.js";
 import type { EtaRange, Money } from "../../common/v1/common_pb.js";
 import { file_dabba_common_v1_common } from "../../common/v1/common_pb.js";
-import type { DeliveryAddress, Order, OrderLine } from "./order_pb.js";
+import type { DeliveryAddress, LedgerEntry, Order, OrderLine } from "./order_pb.js";
 import { file_dabba_order_v1_order } from "./order_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dabba/order/v1/order_service.proto.
  */
 export const file_dabba_order_v1_order_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJkYWJiYS9vcmRlci92MS9vcmRlcl9zZXJ2aWNlLnByb3RvEg5kYWJiYS5vcmRlci52MSKbAQoRUXVvdGVPcmRlclJlcXVlc3QSFQoNcmVzdGF1cmFudF9pZBgBIAEoCRIpCgVsaW5lcxgCIAMoCzIaLmRhYmJhLmNhdGFsb2cudjEuQ2FydExpbmUSMQoIZGVsaXZlcnkYAyABKAsyHy5kYWJiYS5vcmRlci52MS5EZWxpdmVyeUFkZHJlc3MSEQoJdGlwX21pbm9yGAQgASgDIsQCChJRdW90ZU9yZGVyUmVzcG9uc2USKAoFbGluZXMYASADKAsyGS5kYWJiYS5vcmRlci52MS5PcmRlckxpbmUSKAoIc3VidG90YWwYAiABKAsyFi5kYWJiYS5jb21tb24udjEuTW9uZXkSLAoMZGVsaXZlcnlfZmVlGAMgASgLMhYuZGFiYmEuY29tbW9uLnYxLk1vbmV5EiMKA3RheBgEIAEoCzIWLmRhYmJhLmNvbW1vbi52MS5Nb25leRIjCgN0aXAYBSABKAsyFi5kYWJiYS5jb21tb24udjEuTW9uZXkSJQoFdG90YWwYBiABKAsyFi5kYWJiYS5jb21tb24udjEuTW9uZXkSJgoDZXRhGAcgASgLMhkuZGFiYmEuY29tbW9uLnYxLkV0YVJhbmdlEhMKC2Rpc3RhbmNlX2ttGAggASgBIrIBChFQbGFjZU9yZGVyUmVxdWVzdBIVCg1yZXN0YXVyYW50X2lkGAEgASgJEikKBWxpbmVzGAIgAygLMhouZGFiYmEuY2F0YWxvZy52MS5DYXJ0TGluZRIxCghkZWxpdmVyeRgDIAEoCzIfLmRhYmJhLm9yZGVyLnYxLkRlbGl2ZXJ5QWRkcmVzcxIRCgl0aXBfbWlub3IYBCABKAMSFQoNcGF5bWVudF90b2tlbhgFIAEoCSI6ChJQbGFjZU9yZGVyUmVzcG9uc2USJAoFb3JkZXIYASABKAsyFS5kYWJiYS5vcmRlci52MS5PcmRlciIjCg9HZXRPcmRlclJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkiOAoQR2V0T3JkZXJSZXNwb25zZRIkCgVvcmRlchgBIAEoCzIVLmRhYmJhLm9yZGVyLnYxLk9yZGVyImkKEUxpc3RPcmRlcnNSZXF1ZXN0EhUKDXJlc3RhdXJhbnRfaWQYASABKAkSFgoOaW5jbHVkZV9jbG9zZWQYAiABKAgSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkiVAoSTGlzdE9yZGVyc1Jlc3BvbnNlEiUKBm9yZGVycxgBIAMoCzIVLmRhYmJhLm9yZGVyLnYxLk9yZGVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI8ChJBY2NlcHRPcmRlclJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkSFAoMcHJlcF9taW51dGVzGAIgASgFIjsKE0FjY2VwdE9yZGVyUmVzcG9uc2USJAoFb3JkZXIYASABKAsyFS5kYWJiYS5vcmRlci52MS5PcmRlciI2ChJSZWplY3RPcmRlclJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIjsKE1JlamVjdE9yZGVyUmVzcG9uc2USJAoFb3JkZXIYASABKAsyFS5kYWJiYS5vcmRlci52MS5PcmRlciIpChVTdGFydFByZXBhcmluZ1JlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkiPgoWU3RhcnRQcmVwYXJpbmdSZXNwb25zZRIkCgVvcmRlchgBIAEoCzIVLmRhYmJhLm9yZGVyLnYxLk9yZGVyIiQKEE1hcmtSZWFkeVJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkiOQoRTWFya1JlYWR5UmVzcG9uc2USJAoFb3JkZXIYASABKAsyFS5kYWJiYS5vcmRlci52MS5PcmRlciIoChRDb25maXJtUGlja3VwUmVxdWVzdBIQCghvcmRlcl9pZBgBIAEoCSI9ChVDb25maXJtUGlja3VwUmVzcG9uc2USJAoFb3JkZXIYASABKAsyFS5kYWJiYS5vcmRlci52MS5PcmRlciImChJNYXJrRW5Sb3V0ZVJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkiOwoTTWFya0VuUm91dGVSZXNwb25zZRIkCgVvcmRlchgBIAEoCzIVLmRhYmJhLm9yZGVyLnYxLk9yZGVyIioKFkNvbmZpcm1EZWxpdmVyeVJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkiPwoXQ29uZmlybURlbGl2ZXJ5UmVzcG9uc2USJAoFb3JkZXIYASABKAsyFS5kYWJiYS5vcmRlci52MS5PcmRlciI2ChJDYW5jZWxPcmRlclJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIjsKE0NhbmNlbE9yZGVyUmVzcG9uc2USJAoFb3JkZXIYASABKAsyFS5kYWJiYS5vcmRlci52MS5PcmRlciJRChNBc3NpZ25Ecml2ZXJSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJEhEKCWRyaXZlcl9pZBgCIAEoCRIVCg1mZW5jaW5nX3Rva2VuGAMgASgDIjwKFEFzc2lnbkRyaXZlclJlc3BvbnNlEiQKBW9yZGVyGAEgASgLMhUuZGFiYmEub3JkZXIudjEuT3JkZXIiTAoVVW5hc3NpZ25Ecml2ZXJSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJEhEKCWRyaXZlcl9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkiPgoWVW5hc3NpZ25Ecml2ZXJSZXNwb25zZRIkCgVvcmRlchgBIAEoCzIVLmRhYmJhLm9yZGVyLnYxLk9yZGVyIjUKHFdhdGNoUmVzdGF1cmFudE9yZGVyc1JlcXVlc3QSFQoNcmVzdGF1cmFudF9pZBgBIAEoCSJYCh1XYXRjaFJlc3RhdXJhbnRPcmRlcnNSZXNwb25zZRIlCgZvcmRlcnMYASADKAsyFS5kYWJiYS5vcmRlci52MS5PcmRlchIQCghzbmFwc2hvdBgCIAEoCDLlCgoMT3JkZXJTZXJ2aWNlElMKClF1b3RlT3JkZXISIS5kYWJiYS5vcmRlci52MS5RdW90ZU9yZGVyUmVxdWVzdBoiLmRhYmJhLm9yZGVyLnYxLlF1b3RlT3JkZXJSZXNwb25zZRJTCgpQbGFjZU9yZGVyEiEuZGFiYmEub3JkZXIudjEuUGxhY2VPcmRlclJlcXVlc3QaIi5kYWJiYS5vcmRlci52MS5QbGFjZU9yZGVyUmVzcG9uc2USTQoIR2V0T3JkZXISHy5kYWJiYS5vcmRlci52MS5HZXRPcmRlclJlcXVlc3QaIC5kYWJiYS5vcmRlci52MS5HZXRPcmRlclJlc3BvbnNlElMKCkxpc3RPcmRlcnMSIS5kYWJiYS5vcmRlci52MS5MaXN0T3JkZXJzUmVxdWVzdBoiLmRhYmJhLm9yZGVyLnYxLkxpc3RPcmRlcnNSZXNwb25zZRJWCgtBY2NlcHRPcmRlchIiLmRhYmJhLm9yZGVyLnYxLkFjY2VwdE9yZGVyUmVxdWVzdBojLmRhYmJhLm9yZGVyLnYxLkFjY2VwdE9yZGVyUmVzcG9uc2USVgoLUmVqZWN0T3JkZXISIi5kYWJiYS5vcmRlci52MS5SZWplY3RPcmRlclJlcXVlc3QaIy5kYWJiYS5vcmRlci52MS5SZWplY3RPcmRlclJlc3BvbnNlEl8KDlN0YXJ0UHJlcGFyaW5nEiUuZGFiYmEub3JkZXIudjEuU3RhcnRQcmVwYXJpbmdSZXF1ZXN0GiYuZGFiYmEub3JkZXIudjEuU3RhcnRQcmVwYXJpbmdSZXNwb25zZRJQCglNYXJrUmVhZHkSIC5kYWJiYS5vcmRlci52MS5NYXJrUmVhZHlSZXF1ZXN0GiEuZGFiYmEub3JkZXIudjEuTWFya1JlYWR5UmVzcG9uc2USXAoNQ29uZmlybVBpY2t1cBIkLmRhYmJhLm9yZGVyLnYxLkNvbmZpcm1QaWNrdXBSZXF1ZXN0GiUuZGFiYmEub3JkZXIudjEuQ29uZmlybVBpY2t1cFJlc3BvbnNlElYKC01hcmtFblJvdXRlEiIuZGFiYmEub3JkZXIudjEuTWFya0VuUm91dGVSZXF1ZXN0GiMuZGFiYmEub3JkZXIudjEuTWFya0VuUm91dGVSZXNwb25zZRJiCg9Db25maXJtRGVsaXZlcnkSJi5kYWJiYS5vcmRlci52MS5Db25maXJtRGVsaXZlcnlSZXF1ZXN0GicuZGFiYmEub3JkZXIudjEuQ29uZmlybURlbGl2ZXJ5UmVzcG9uc2USVgoLQ2FuY2VsT3JkZXISIi5kYWJiYS5vcmRlci52MS5DYW5jZWxPcmRlclJlcXVlc3QaIy5kYWJiYS5vcmRlci52MS5DYW5jZWxPcmRlclJlc3BvbnNlElkKDEFzc2lnbkRyaXZlchIjLmRhYmJhLm9yZGVyLnYxLkFzc2lnbkRyaXZlclJlcXVlc3QaJC5kYWJiYS5vcmRlci52MS5Bc3NpZ25Ecml2ZXJSZXNwb25zZRJfCg5VbmFzc2lnbkRyaXZlchIlLmRhYmJhLm9yZGVyLnYxLlVuYXNzaWduRHJpdmVyUmVxdWVzdBomLmRhYmJhLm9yZGVyLnYxLlVuYXNzaWduRHJpdmVyUmVzcG9uc2USdgoVV2F0Y2hSZXN0YXVyYW50T3JkZXJzEiwuZGFiYmEub3JkZXIudjEuV2F0Y2hSZXN0YXVyYW50T3JkZXJzUmVxdWVzdBotLmRhYmJhLm9yZGVyLnYxLldhdGNoUmVzdGF1cmFudE9yZGVyc1Jlc3BvbnNlMAFiBnByb3RvMw", [file_dabba_catalog_v1_catalog_service, file_dabba_common_v1_common, file_dabba_order_v1_order]);
+  fileDesc("CiJkYWJiYS9vcmRlci92MS9vcmRlcl9zZXJ2aWNlLnByb3RvEg5kYWJiYS5vcmRlci52MSKbAQoRUXVvdGVPcmRlclJlcXVlc3QSFQoNcmVzdGF1cmFudF9pZBgBIAEoCRIpCgVsaW5lcxgCIAMoCzIaLmRhYmJhLmNhdGFsb2cudjEuQ2FydExpbmUSMQoIZGVsaXZlcnkYAyABKAsyHy5kYWJiYS5vcmRlci52MS5EZWxpdmVyeUFkZHJlc3MSEQoJdGlwX21pbm9yGAQgASgDIsQCChJRdW90ZU9yZGVyUmVzcG9uc2USKAoFbGluZXMYASADKAsyGS5kYWJiYS5vcmRlci52MS5PcmRlckxpbmUSKAoIc3VidG90YWwYAiABKAsyFi5kYWJiYS5jb21tb24udjEuTW9uZXkSLAoMZGVsaXZlcnlfZmVlGAMgASgLMhYuZGFiYmEuY29tbW9uLnYxLk1vbmV5EiMKA3RheBgEIAEoCzIWLmRhYmJhLmNvbW1vbi52MS5Nb25leRIjCgN0aXAYBSABKAsyFi5kYWJiYS5jb21tb24udjEuTW9uZXkSJQoFdG90YWwYBiABKAsyFi5kYWJiYS5jb21tb24udjEuTW9uZXkSJgoDZXRhGAcgASgLMhkuZGFiYmEuY29tbW9uLnYxLkV0YVJhbmdlEhMKC2Rpc3RhbmNlX2ttGAggASgBIrIBChFQbGFjZU9yZGVyUmVxdWVzdBIVCg1yZXN0YXVyYW50X2lkGAEgASgJEikKBWxpbmVzGAIgAygLMhouZGFiYmEuY2F0YWxvZy52MS5DYXJ0TGluZRIxCghkZWxpdmVyeRgDIAEoCzIfLmRhYmJhLm9yZGVyLnYxLkRlbGl2ZXJ5QWRkcmVzcxIRCgl0aXBfbWlub3IYBCABKAMSFQoNcGF5bWVudF90b2tlbhgFIAEoCSI6ChJQbGFjZU9yZGVyUmVzcG9uc2USJAoFb3JkZXIYASABKAsyFS5kYWJiYS5vcmRlci52MS5PcmRlciIjCg9HZXRPcmRlclJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkiOAoQR2V0T3JkZXJSZXNwb25zZRIkCgVvcmRlchgBIAEoCzIVLmRhYmJhLm9yZGVyLnYxLk9yZGVyImkKEUxpc3RPcmRlcnNSZXF1ZXN0EhUKDXJlc3RhdXJhbnRfaWQYASABKAkSFgoOaW5jbHVkZV9jbG9zZWQYAiABKAgSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkiVAoSTGlzdE9yZGVyc1Jlc3BvbnNlEiUKBm9yZGVycxgBIAMoCzIVLmRhYmJhLm9yZGVyLnYxLk9yZGVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI8ChJBY2NlcHRPcmRlclJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkSFAoMcHJlcF9taW51dGVzGAIgASgFIjsKE0FjY2VwdE9yZGVyUmVzcG9uc2USJAoFb3JkZXIYASABKAsyFS5kYWJiYS5vcmRlci52MS5PcmRlciI2ChJSZWplY3RPcmRlclJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIjsKE1JlamVjdE9yZGVyUmVzcG9uc2USJAoFb3JkZXIYASABKAsyFS5kYWJiYS5vcmRlci52MS5PcmRlciIpChVTdGFydFByZXBhcmluZ1JlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkiPgoWU3RhcnRQcmVwYXJpbmdSZXNwb25zZRIkCgVvcmRlchgBIAEoCzIVLmRhYmJhLm9yZGVyLnYxLk9yZGVyIiQKEE1hcmtSZWFkeVJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkiOQoRTWFya1JlYWR5UmVzcG9uc2USJAoFb3JkZXIYASABKAsyFS5kYWJiYS5vcmRlci52MS5PcmRlciIoChRDb25maXJtUGlja3VwUmVxdWVzdBIQCghvcmRlcl9pZBgBIAEoCSI9ChVDb25maXJtUGlja3VwUmVzcG9uc2USJAoFb3JkZXIYASABKAsyFS5kYWJiYS5vcmRlci52MS5PcmRlciImChJNYXJrRW5Sb3V0ZVJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkiOwoTTWFya0VuUm91dGVSZXNwb25zZRIkCgVvcmRlchgBIAEoCzIVLmRhYmJhLm9yZGVyLnYxLk9yZGVyIioKFkNvbmZpcm1EZWxpdmVyeVJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkiPwoXQ29uZmlybURlbGl2ZXJ5UmVzcG9uc2USJAoFb3JkZXIYASABKAsyFS5kYWJiYS5vcmRlci52MS5PcmRlciI2ChJDYW5jZWxPcmRlclJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIjsKE0NhbmNlbE9yZGVyUmVzcG9uc2USJAoFb3JkZXIYASABKAsyFS5kYWJiYS5vcmRlci52MS5PcmRlciJRChNBc3NpZ25Ecml2ZXJSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJEhEKCWRyaXZlcl9pZBgCIAEoCRIVCg1mZW5jaW5nX3Rva2VuGAMgASgDIjwKFEFzc2lnbkRyaXZlclJlc3BvbnNlEiQKBW9yZGVyGAEgASgLMhUuZGFiYmEub3JkZXIudjEuT3JkZXIiTAoVVW5hc3NpZ25Ecml2ZXJSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJEhEKCWRyaXZlcl9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkiPgoWVW5hc3NpZ25Ecml2ZXJSZXNwb25zZRIkCgVvcmRlchgBIAEoCzIVLmRhYmJhLm9yZGVyLnYxLk9yZGVyIjkKE0ZsYWdEaXNwYXRjaFJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkSEAoIYXR0ZW1wdHMYAiABKAUiPAoURmxhZ0Rpc3BhdGNoUmVzcG9uc2USJAoFb3JkZXIYASABKAsyFS5kYWJiYS5vcmRlci52MS5PcmRlciI1ChxXYXRjaFJlc3RhdXJhbnRPcmRlcnNSZXF1ZXN0EhUKDXJlc3RhdXJhbnRfaWQYASABKAkiWAodV2F0Y2hSZXN0YXVyYW50T3JkZXJzUmVzcG9uc2USJQoGb3JkZXJzGAEgAygLMhUuZGFiYmEub3JkZXIudjEuT3JkZXISEAoIc25hcHNob3QYAiABKAgiTAoSUmVmdW5kT3JkZXJSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJEhQKDGFtb3VudF9taW5vchgCIAEoAxIOCgZyZWFzb24YAyABKAkiOwoTUmVmdW5kT3JkZXJSZXNwb25zZRIkCgVvcmRlchgBIAEoCzIVLmRhYmJhLm9yZGVyLnYxLk9yZGVyIjcKEEFkanVzdFRpcFJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkSEQoJdGlwX21pbm9yGAIgASgDIjkKEUFkanVzdFRpcFJlc3BvbnNlEiQKBW9yZGVyGAEgASgLMhUuZGFiYmEub3JkZXIudjEuT3JkZXIiKwoXR2V0UGF5bWVudExlZGdlclJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkiSAoYR2V0UGF5bWVudExlZGdlclJlc3BvbnNlEiwKB2VudHJpZXMYASADKAsyGy5kYWJiYS5vcmRlci52MS5MZWRnZXJFbnRyeTLRDQoMT3JkZXJTZXJ2aWNlElMKClF1b3RlT3JkZXISIS5kYWJiYS5vcmRlci52MS5RdW90ZU9yZGVyUmVxdWVzdBoiLmRhYmJhLm9yZGVyLnYxLlF1b3RlT3JkZXJSZXNwb25zZRJTCgpQbGFjZU9yZGVyEiEuZGFiYmEub3JkZXIudjEuUGxhY2VPcmRlclJlcXVlc3QaIi5kYWJiYS5vcmRlci52MS5QbGFjZU9yZGVyUmVzcG9uc2USTQoIR2V0T3JkZXISHy5kYWJiYS5vcmRlci52MS5HZXRPcmRlclJlcXVlc3QaIC5kYWJiYS5vcmRlci52MS5HZXRPcmRlclJlc3BvbnNlElMKCkxpc3RPcmRlcnMSIS5kYWJiYS5vcmRlci52MS5MaXN0T3JkZXJzUmVxdWVzdBoiLmRhYmJhLm9yZGVyLnYxLkxpc3RPcmRlcnNSZXNwb25zZRJWCgtBY2NlcHRPcmRlchIiLmRhYmJhLm9yZGVyLnYxLkFjY2VwdE9yZGVyUmVxdWVzdBojLmRhYmJhLm9yZGVyLnYxLkFjY2VwdE9yZGVyUmVzcG9uc2USVgoLUmVqZWN0T3JkZXISIi5kYWJiYS5vcmRlci52MS5SZWplY3RPcmRlclJlcXVlc3QaIy5kYWJiYS5vcmRlci52MS5SZWplY3RPcmRlclJlc3BvbnNlEl8KDlN0YXJ0UHJlcGFyaW5nEiUuZGFiYmEub3JkZXIudjEuU3RhcnRQcmVwYXJpbmdSZXF1ZXN0GiYuZGFiYmEub3JkZXIudjEuU3RhcnRQcmVwYXJpbmdSZXNwb25zZRJQCglNYXJrUmVhZHkSIC5kYWJiYS5vcmRlci52MS5NYXJrUmVhZHlSZXF1ZXN0GiEuZGFiYmEub3JkZXIudjEuTWFya1JlYWR5UmVzcG9uc2USXAoNQ29uZmlybVBpY2t1cBIkLmRhYmJhLm9yZGVyLnYxLkNvbmZpcm1QaWNrdXBSZXF1ZXN0GiUuZGFiYmEub3JkZXIudjEuQ29uZmlybVBpY2t1cFJlc3BvbnNlElYKC01hcmtFblJvdXRlEiIuZGFiYmEub3JkZXIudjEuTWFya0VuUm91dGVSZXF1ZXN0GiMuZGFiYmEub3JkZXIudjEuTWFya0VuUm91dGVSZXNwb25zZRJiCg9Db25maXJtRGVsaXZlcnkSJi5kYWJiYS5vcmRlci52MS5Db25maXJtRGVsaXZlcnlSZXF1ZXN0GicuZGFiYmEub3JkZXIudjEuQ29uZmlybURlbGl2ZXJ5UmVzcG9uc2USVgoLQ2FuY2VsT3JkZXISIi5kYWJiYS5vcmRlci52MS5DYW5jZWxPcmRlclJlcXVlc3QaIy5kYWJiYS5vcmRlci52MS5DYW5jZWxPcmRlclJlc3BvbnNlElkKDEFzc2lnbkRyaXZlchIjLmRhYmJhLm9yZGVyLnYxLkFzc2lnbkRyaXZlclJlcXVlc3QaJC5kYWJiYS5vcmRlci52MS5Bc3NpZ25Ecml2ZXJSZXNwb25zZRJfCg5VbmFzc2lnbkRyaXZlchIlLmRhYmJhLm9yZGVyLnYxLlVuYXNzaWduRHJpdmVyUmVxdWVzdBomLmRhYmJhLm9yZGVyLnYxLlVuYXNzaWduRHJpdmVyUmVzcG9uc2USWQoMRmxhZ0Rpc3BhdGNoEiMuZGFiYmEub3JkZXIudjEuRmxhZ0Rpc3BhdGNoUmVxdWVzdBokLmRhYmJhLm9yZGVyLnYxLkZsYWdEaXNwYXRjaFJlc3BvbnNlElYKC1JlZnVuZE9yZGVyEiIuZGFiYmEub3JkZXIudjEuUmVmdW5kT3JkZXJSZXF1ZXN0GiMuZGFiYmEub3JkZXIudjEuUmVmdW5kT3JkZXJSZXNwb25zZRJQCglBZGp1c3RUaXASIC5kYWJiYS5vcmRlci52MS5BZGp1c3RUaXBSZXF1ZXN0GiEuZGFiYmEub3JkZXIudjEuQWRqdXN0VGlwUmVzcG9uc2USZQoQR2V0UGF5bWVudExlZGdlchInLmRhYmJhLm9yZGVyLnYxLkdldFBheW1lbnRMZWRnZXJSZXF1ZXN0GiguZGFiYmEub3JkZXIudjEuR2V0UGF5bWVudExlZGdlclJlc3BvbnNlEnYKFVdhdGNoUmVzdGF1cmFudE9yZGVycxIsLmRhYmJhLm9yZGVyLnYxLldhdGNoUmVzdGF1cmFudE9yZGVyc1JlcXVlc3QaLS5kYWJiYS5vcmRlci52MS5XYXRjaFJlc3RhdXJhbnRPcmRlcnNSZXNwb25zZTABYgZwcm90bzM", [file_dabba_catalog_v1_catalog_service, file_dabba_common_v1_common, file_dabba_order_v1_order]);
 
 /**
  * QuoteOrderRequest is a cart to price.
@@ -167,7 +167,7 @@ export type PlaceOrderRequest = Message<"dabba.order.v1.PlaceOrderRequest"> & {
   tipMinor: bigint;
 
   /**
-   * payment_token identifies the payment method at the gateway; optional until payments exist.
+   * payment_token identifies the payment method at the gateway; required (see the README for the test gateway's tokens).
    *
    * @generated from field: string payment_token = 5;
    */
@@ -784,6 +784,55 @@ export const UnassignDriverResponseSchema: GenMessage<UnassignDriverResponse> = 
   messageDesc(file_dabba_order_v1_order_service, 27);
 
 /**
+ * FlagDispatchRequest flags an order nobody took within the dispatch deadline.
+ *
+ * @generated from message dabba.order.v1.FlagDispatchRequest
+ */
+export type FlagDispatchRequest = Message<"dabba.order.v1.FlagDispatchRequest"> & {
+  /**
+   * order_id is the order.
+   *
+   * @generated from field: string order_id = 1;
+   */
+  orderId: string;
+
+  /**
+   * attempts is the number of dispatch rounds tried so far, 0 or more; carried on the dispatch_flagged event.
+   *
+   * @generated from field: int32 attempts = 2;
+   */
+  attempts: number;
+};
+
+/**
+ * Describes the message dabba.order.v1.FlagDispatchRequest.
+ * Use `create(FlagDispatchRequestSchema)` to create a new message.
+ */
+export const FlagDispatchRequestSchema: GenMessage<FlagDispatchRequest> = /*@__PURE__*/
+  messageDesc(file_dabba_order_v1_order_service, 28);
+
+/**
+ * FlagDispatchResponse carries the order after the flag (the current order when it was already flagged).
+ *
+ * @generated from message dabba.order.v1.FlagDispatchResponse
+ */
+export type FlagDispatchResponse = Message<"dabba.order.v1.FlagDispatchResponse"> & {
+  /**
+   * order is the order as it is now.
+   *
+   * @generated from field: dabba.order.v1.Order order = 1;
+   */
+  order?: Order | undefined;
+};
+
+/**
+ * Describes the message dabba.order.v1.FlagDispatchResponse.
+ * Use `create(FlagDispatchResponseSchema)` to create a new message.
+ */
+export const FlagDispatchResponseSchema: GenMessage<FlagDispatchResponse> = /*@__PURE__*/
+  messageDesc(file_dabba_order_v1_order_service, 29);
+
+/**
  * WatchRestaurantOrdersRequest selects the restaurant to watch.
  *
  * @generated from message dabba.order.v1.WatchRestaurantOrdersRequest
@@ -802,7 +851,7 @@ export type WatchRestaurantOrdersRequest = Message<"dabba.order.v1.WatchRestaura
  * Use `create(WatchRestaurantOrdersRequestSchema)` to create a new message.
  */
 export const WatchRestaurantOrdersRequestSchema: GenMessage<WatchRestaurantOrdersRequest> = /*@__PURE__*/
-  messageDesc(file_dabba_order_v1_order_service, 28);
+  messageDesc(file_dabba_order_v1_order_service, 30);
 
 /**
  * WatchRestaurantOrdersResponse is one message of the feed.
@@ -830,7 +879,154 @@ export type WatchRestaurantOrdersResponse = Message<"dabba.order.v1.WatchRestaur
  * Use `create(WatchRestaurantOrdersResponseSchema)` to create a new message.
  */
 export const WatchRestaurantOrdersResponseSchema: GenMessage<WatchRestaurantOrdersResponse> = /*@__PURE__*/
-  messageDesc(file_dabba_order_v1_order_service, 29);
+  messageDesc(file_dabba_order_v1_order_service, 31);
+
+/**
+ * RefundOrderRequest asks for a refund.
+ *
+ * @generated from message dabba.order.v1.RefundOrderRequest
+ */
+export type RefundOrderRequest = Message<"dabba.order.v1.RefundOrderRequest"> & {
+  /**
+   * order_id is the order.
+   *
+   * @generated from field: string order_id = 1;
+   */
+  orderId: string;
+
+  /**
+   * amount_minor is the amount to return in minor units of the order's currency; 0 returns everything still charged; never more than that.
+   *
+   * @generated from field: int64 amount_minor = 2;
+   */
+  amountMinor: bigint;
+
+  /**
+   * reason is why (kept in the ledger); required, at most 500 characters.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message dabba.order.v1.RefundOrderRequest.
+ * Use `create(RefundOrderRequestSchema)` to create a new message.
+ */
+export const RefundOrderRequestSchema: GenMessage<RefundOrderRequest> = /*@__PURE__*/
+  messageDesc(file_dabba_order_v1_order_service, 32);
+
+/**
+ * RefundOrderResponse carries the order after the refund was accepted (the refund itself is made by the payment worker).
+ *
+ * @generated from message dabba.order.v1.RefundOrderResponse
+ */
+export type RefundOrderResponse = Message<"dabba.order.v1.RefundOrderResponse"> & {
+  /**
+   * order is the order as it is now.
+   *
+   * @generated from field: dabba.order.v1.Order order = 1;
+   */
+  order?: Order | undefined;
+};
+
+/**
+ * Describes the message dabba.order.v1.RefundOrderResponse.
+ * Use `create(RefundOrderResponseSchema)` to create a new message.
+ */
+export const RefundOrderResponseSchema: GenMessage<RefundOrderResponse> = /*@__PURE__*/
+  messageDesc(file_dabba_order_v1_order_service, 33);
+
+/**
+ * AdjustTipRequest sets a new tip.
+ *
+ * @generated from message dabba.order.v1.AdjustTipRequest
+ */
+export type AdjustTipRequest = Message<"dabba.order.v1.AdjustTipRequest"> & {
+  /**
+   * order_id is the order.
+   *
+   * @generated from field: string order_id = 1;
+   */
+  orderId: string;
+
+  /**
+   * tip_minor is the new tip in minor units of the order's currency, 0 to 100000.
+   *
+   * @generated from field: int64 tip_minor = 2;
+   */
+  tipMinor: bigint;
+};
+
+/**
+ * Describes the message dabba.order.v1.AdjustTipRequest.
+ * Use `create(AdjustTipRequestSchema)` to create a new message.
+ */
+export const AdjustTipRequestSchema: GenMessage<AdjustTipRequest> = /*@__PURE__*/
+  messageDesc(file_dabba_order_v1_order_service, 34);
+
+/**
+ * AdjustTipResponse carries the order with its new tip and total.
+ *
+ * @generated from message dabba.order.v1.AdjustTipResponse
+ */
+export type AdjustTipResponse = Message<"dabba.order.v1.AdjustTipResponse"> & {
+  /**
+   * order is the order as it is now.
+   *
+   * @generated from field: dabba.order.v1.Order order = 1;
+   */
+  order?: Order | undefined;
+};
+
+/**
+ * Describes the message dabba.order.v1.AdjustTipResponse.
+ * Use `create(AdjustTipResponseSchema)` to create a new message.
+ */
+export const AdjustTipResponseSchema: GenMessage<AdjustTipResponse> = /*@__PURE__*/
+  messageDesc(file_dabba_order_v1_order_service, 35);
+
+/**
+ * GetPaymentLedgerRequest names the order.
+ *
+ * @generated from message dabba.order.v1.GetPaymentLedgerRequest
+ */
+export type GetPaymentLedgerRequest = Message<"dabba.order.v1.GetPaymentLedgerRequest"> & {
+  /**
+   * order_id is the order.
+   *
+   * @generated from field: string order_id = 1;
+   */
+  orderId: string;
+};
+
+/**
+ * Describes the message dabba.order.v1.GetPaymentLedgerRequest.
+ * Use `create(GetPaymentLedgerRequestSchema)` to create a new message.
+ */
+export const GetPaymentLedgerRequestSchema: GenMessage<GetPaymentLedgerRequest> = /*@__PURE__*/
+  messageDesc(file_dabba_order_v1_order_service, 36);
+
+/**
+ * GetPaymentLedgerResponse is the order's ledger.
+ *
+ * @generated from message dabba.order.v1.GetPaymentLedgerResponse
+ */
+export type GetPaymentLedgerResponse = Message<"dabba.order.v1.GetPaymentLedgerResponse"> & {
+  /**
+   * entries are the gateway calls, oldest first.
+   *
+   * @generated from field: repeated dabba.order.v1.LedgerEntry entries = 1;
+   */
+  entries: LedgerEntry[];
+};
+
+/**
+ * Describes the message dabba.order.v1.GetPaymentLedgerResponse.
+ * Use `create(GetPaymentLedgerResponseSchema)` to create a new message.
+ */
+export const GetPaymentLedgerResponseSchema: GenMessage<GetPaymentLedgerResponse> = /*@__PURE__*/
+  messageDesc(file_dabba_order_v1_order_service, 37);
 
 /**
  * OrderService owns orders: quoting, idempotent placement, every status transition as a
@@ -978,6 +1174,46 @@ export const OrderService: GenService<{
     methodKind: "unary";
     input: typeof UnassignDriverRequestSchema;
     output: typeof UnassignDriverResponseSchema;
+  },
+  /**
+   * FlagDispatch records that dispatch found no driver in time (a DISPATCH_FLAGGED timeline entry and event); idempotent. Allowed while CONFIRMED, PREPARING or READY_FOR_PICKUP without a driver. Service, ops.
+   *
+   * @generated from rpc dabba.order.v1.OrderService.FlagDispatch
+   */
+  flagDispatch: {
+    methodKind: "unary";
+    input: typeof FlagDispatchRequestSchema;
+    output: typeof FlagDispatchResponseSchema;
+  },
+  /**
+   * RefundOrder returns captured money to the customer, all of what is still charged or part of it; each call is one refund. Ops.
+   *
+   * @generated from rpc dabba.order.v1.OrderService.RefundOrder
+   */
+  refundOrder: {
+    methodKind: "unary";
+    input: typeof RefundOrderRequestSchema;
+    output: typeof RefundOrderResponseSchema;
+  },
+  /**
+   * AdjustTip changes the tip of the caller's order: any time before delivery and up to one hour after it. The order's customer.
+   *
+   * @generated from rpc dabba.order.v1.OrderService.AdjustTip
+   */
+  adjustTip: {
+    methodKind: "unary";
+    input: typeof AdjustTipRequestSchema;
+    output: typeof AdjustTipResponseSchema;
+  },
+  /**
+   * GetPaymentLedger lists every gateway call for an order and its result, oldest first. Ops, and the order's customer.
+   *
+   * @generated from rpc dabba.order.v1.OrderService.GetPaymentLedger
+   */
+  getPaymentLedger: {
+    methodKind: "unary";
+    input: typeof GetPaymentLedgerRequestSchema;
+    output: typeof GetPaymentLedgerResponseSchema;
   },
   /**
    * WatchRestaurantOrders streams a restaurant's open orders as a snapshot, then every new or changed order. The restaurant, ops.

@@ -4,8 +4,8 @@
 
 // Package dabba.tracking.v1 holds what is pushed to people: live tracking, the inbox and webhooks.
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { EtaRange, LatLng } from "../../common/v1/common_pb.js";
 import { file_dabba_common_v1_common } from "../../common/v1/common_pb.js";
 import type { Order, OrderStatus, TimelineEntry } from "../../order/v1/order_pb.js";
@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dabba/tracking/v1/tracking.proto.
  */
 export const file_dabba_tracking_v1_tracking: GenFile = /*@__PURE__*/
-  fileDesc("CiBkYWJiYS90cmFja2luZy92MS90cmFja2luZy5wcm90bxIRZGFiYmEudHJhY2tpbmcudjEiwQEKEFRyYWNraW5nU25hcHNob3QSJAoFb3JkZXIYASABKAsyFS5kYWJiYS5vcmRlci52MS5PcmRlchItCgZkcml2ZXIYAiABKAsyHS5kYWJiYS50cmFja2luZy52MS5Ecml2ZXJJbmZvEjAKD2RyaXZlcl9sb2NhdGlvbhgDIAEoCzIXLmRhYmJhLmNvbW1vbi52MS5MYXRMbmcSJgoDZXRhGAQgASgLMhkuZGFiYmEuY29tbW9uLnYxLkV0YVJhbmdlIj4KCkRyaXZlckluZm8SEQoJZHJpdmVyX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHdmVoaWNsZRgDIAEoCSJpCgxTdGF0dXNVcGRhdGUSKwoGc3RhdHVzGAEgASgOMhsuZGFiYmEub3JkZXIudjEuT3JkZXJTdGF0dXMSLAoFZW50cnkYAiABKAsyHS5kYWJiYS5vcmRlci52MS5UaW1lbGluZUVudHJ5IngKDkxvY2F0aW9uVXBkYXRlEikKCGxvY2F0aW9uGAEgASgLMhcuZGFiYmEuY29tbW9uLnYxLkxhdExuZxITCgtoZWFkaW5nX2RlZxgCIAEoARImCgJhdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihwEKDE5vdGlmaWNhdGlvbhIKCgJpZBgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCRINCgV0aXRsZRgDIAEoCRIMCgRib2R5GAQgASgJEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBHJlYWQYBiABKAgifgoHV2ViaG9vaxIKCgJpZBgBIAEoCRILCgN1cmwYAiABKAkSEwoLZXZlbnRfdHlwZXMYAyADKAkSFQoNcmVzdGF1cmFudF9pZBgEIAEoCRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcGIGcHJvdG8z", [file_dabba_common_v1_common, file_dabba_order_v1_order, file_google_protobuf_timestamp]);
+  fileDesc("CiBkYWJiYS90cmFja2luZy92MS90cmFja2luZy5wcm90bxIRZGFiYmEudHJhY2tpbmcudjEiwQEKEFRyYWNraW5nU25hcHNob3QSJAoFb3JkZXIYASABKAsyFS5kYWJiYS5vcmRlci52MS5PcmRlchItCgZkcml2ZXIYAiABKAsyHS5kYWJiYS50cmFja2luZy52MS5Ecml2ZXJJbmZvEjAKD2RyaXZlcl9sb2NhdGlvbhgDIAEoCzIXLmRhYmJhLmNvbW1vbi52MS5MYXRMbmcSJgoDZXRhGAQgASgLMhkuZGFiYmEuY29tbW9uLnYxLkV0YVJhbmdlIj4KCkRyaXZlckluZm8SEQoJZHJpdmVyX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHdmVoaWNsZRgDIAEoCSJpCgxTdGF0dXNVcGRhdGUSKwoGc3RhdHVzGAEgASgOMhsuZGFiYmEub3JkZXIudjEuT3JkZXJTdGF0dXMSLAoFZW50cnkYAiABKAsyHS5kYWJiYS5vcmRlci52MS5UaW1lbGluZUVudHJ5IngKDkxvY2F0aW9uVXBkYXRlEikKCGxvY2F0aW9uGAEgASgLMhcuZGFiYmEuY29tbW9uLnYxLkxhdExuZxITCgtoZWFkaW5nX2RlZxgCIAEoARImCgJhdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihwEKDE5vdGlmaWNhdGlvbhIKCgJpZBgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCRINCgV0aXRsZRgDIAEoCRIMCgRib2R5GAQgASgJEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBHJlYWQYBiABKAgirgEKB1dlYmhvb2sSCgoCaWQYASABKAkSCwoDdXJsGAIgASgJEhMKC2V2ZW50X3R5cGVzGAMgAygJEhUKDXJlc3RhdXJhbnRfaWQYBCABKAkSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZGVsZXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiuQIKD1dlYmhvb2tEZWxpdmVyeRIKCgJpZBgBIAEoCRIQCghldmVudF9pZBgCIAEoCRISCgpldmVudF90eXBlGAMgASgJEhAKCG9yZGVyX2lkGAQgASgJEjgKBnN0YXR1cxgFIAEoDjIoLmRhYmJhLnRyYWNraW5nLnYxLldlYmhvb2tEZWxpdmVyeVN0YXR1cxIQCghhdHRlbXB0cxgGIAEoBRIuCgpjcmVhdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI2CgthdHRlbXB0X2xvZxgJIAMoCzIhLmRhYmJhLnRyYWNraW5nLnYxLldlYmhvb2tBdHRlbXB0IoIBCg5XZWJob29rQXR0ZW1wdBIPCgdhdHRlbXB0GAEgASgFEhMKC3N0YXR1c19jb2RlGAIgASgFEg0KBWVycm9yGAMgASgJEhMKC2R1cmF0aW9uX21zGAQgASgFEiYKAmF0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCquAQoVV2ViaG9va0RlbGl2ZXJ5U3RhdHVzEicKI1dFQkhPT0tfREVMSVZFUllfU1RBVFVTX1VOU1BFQ0lGSUVEEAASIwofV0VCSE9PS19ERUxJVkVSWV9TVEFUVVNfUEVORElORxABEiUKIVdFQkhPT0tfREVMSVZFUllfU1RBVFVTX0RFTElWRVJFRBACEiAKHFdFQkhPT0tfREVMSVZFUllfU1RBVFVTX0RFQUQQA2IGcHJvdG8z", [file_dabba_common_v1_common, file_dabba_order_v1_order, file_google_protobuf_timestamp]);
 
 /**
  * TrackingSnapshot is the state of an order when a watcher connects.
@@ -256,6 +256,13 @@ export type Webhook = Message<"dabba.tracking.v1.Webhook"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 5;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * deleted_at is when DeleteWebhook stopped it; unset while active.
+   *
+   * @generated from field: google.protobuf.Timestamp deleted_at = 6;
+   */
+  deletedAt?: Timestamp | undefined;
 };
 
 /**
@@ -264,4 +271,171 @@ export type Webhook = Message<"dabba.tracking.v1.Webhook"> & {
  */
 export const WebhookSchema: GenMessage<Webhook> = /*@__PURE__*/
   messageDesc(file_dabba_tracking_v1_tracking, 5);
+
+/**
+ * WebhookDelivery is one event's delivery to one webhook.
+ *
+ * @generated from message dabba.tracking.v1.WebhookDelivery
+ */
+export type WebhookDelivery = Message<"dabba.tracking.v1.WebhookDelivery"> & {
+  /**
+   * id is the delivery identifier.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * event_id is the delivered event (also sent in the dabba-event-id header).
+   *
+   * @generated from field: string event_id = 2;
+   */
+  eventId: string;
+
+  /**
+   * event_type is the event kind, for example "confirmed".
+   *
+   * @generated from field: string event_type = 3;
+   */
+  eventType: string;
+
+  /**
+   * order_id is the order the event is about.
+   *
+   * @generated from field: string order_id = 4;
+   */
+  orderId: string;
+
+  /**
+   * status is where the delivery is.
+   *
+   * @generated from field: dabba.tracking.v1.WebhookDeliveryStatus status = 5;
+   */
+  status: WebhookDeliveryStatus;
+
+  /**
+   * attempts is the number of attempts made so far, replays included.
+   *
+   * @generated from field: int32 attempts = 6;
+   */
+  attempts: number;
+
+  /**
+   * created_at is when the event was queued for this webhook.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 7;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * updated_at is when the delivery last changed.
+   *
+   * @generated from field: google.protobuf.Timestamp updated_at = 8;
+   */
+  updatedAt?: Timestamp | undefined;
+
+  /**
+   * attempt_log is every attempt, oldest first.
+   *
+   * @generated from field: repeated dabba.tracking.v1.WebhookAttempt attempt_log = 9;
+   */
+  attemptLog: WebhookAttempt[];
+};
+
+/**
+ * Describes the message dabba.tracking.v1.WebhookDelivery.
+ * Use `create(WebhookDeliverySchema)` to create a new message.
+ */
+export const WebhookDeliverySchema: GenMessage<WebhookDelivery> = /*@__PURE__*/
+  messageDesc(file_dabba_tracking_v1_tracking, 6);
+
+/**
+ * WebhookAttempt is one HTTP attempt of a delivery.
+ *
+ * @generated from message dabba.tracking.v1.WebhookAttempt
+ */
+export type WebhookAttempt = Message<"dabba.tracking.v1.WebhookAttempt"> & {
+  /**
+   * attempt is the attempt number (the dabba-delivery-attempt header), from 1.
+   *
+   * @generated from field: int32 attempt = 1;
+   */
+  attempt: number;
+
+  /**
+   * status_code is the HTTP status answered; 0 when there was no answer (network error or timeout).
+   *
+   * @generated from field: int32 status_code = 2;
+   */
+  statusCode: number;
+
+  /**
+   * error describes a failure ("HTTP 500", "timeout after 10000 ms", a network error); empty on success.
+   *
+   * @generated from field: string error = 3;
+   */
+  error: string;
+
+  /**
+   * duration_ms is how long the attempt took, in milliseconds.
+   *
+   * @generated from field: int32 duration_ms = 4;
+   */
+  durationMs: number;
+
+  /**
+   * at is when the attempt finished.
+   *
+   * @generated from field: google.protobuf.Timestamp at = 5;
+   */
+  at?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message dabba.tracking.v1.WebhookAttempt.
+ * Use `create(WebhookAttemptSchema)` to create a new message.
+ */
+export const WebhookAttemptSchema: GenMessage<WebhookAttempt> = /*@__PURE__*/
+  messageDesc(file_dabba_tracking_v1_tracking, 7);
+
+/**
+ * WebhookDeliveryStatus is where one delivery of one event to one webhook is.
+ *
+ * @generated from enum dabba.tracking.v1.WebhookDeliveryStatus
+ */
+export enum WebhookDeliveryStatus {
+  /**
+   * WEBHOOK_DELIVERY_STATUS_UNSPECIFIED is unset (in a filter: any status).
+   *
+   * @generated from enum value: WEBHOOK_DELIVERY_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * WEBHOOK_DELIVERY_STATUS_PENDING is waiting for its first attempt or a retry.
+   *
+   * @generated from enum value: WEBHOOK_DELIVERY_STATUS_PENDING = 1;
+   */
+  PENDING = 1,
+
+  /**
+   * WEBHOOK_DELIVERY_STATUS_DELIVERED got a 2xx answer.
+   *
+   * @generated from enum value: WEBHOOK_DELIVERY_STATUS_DELIVERED = 2;
+   */
+  DELIVERED = 2,
+
+  /**
+   * WEBHOOK_DELIVERY_STATUS_DEAD failed its maximum attempts; ReplayDeadLetters re-queues it.
+   *
+   * @generated from enum value: WEBHOOK_DELIVERY_STATUS_DEAD = 3;
+   */
+  DEAD = 3,
+}
+
+/**
+ * Describes the enum dabba.tracking.v1.WebhookDeliveryStatus.
+ */
+export const WebhookDeliveryStatusSchema: GenEnum<WebhookDeliveryStatus> = /*@__PURE__*/
+  enumDesc(file_dabba_tracking_v1_tracking, 0);
 

@@ -8,7 +8,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { EtaRange } from "../../common/v1/common_pb.js";
 import { file_dabba_common_v1_common } from "../../common/v1/common_pb.js";
-import type { LocationUpdate, Notification, StatusUpdate, TrackingSnapshot, Webhook } from "./tracking_pb.js";
+import type { LocationUpdate, Notification, StatusUpdate, TrackingSnapshot, Webhook, WebhookDelivery, WebhookDeliveryStatus } from "./tracking_pb.js";
 import { file_dabba_tracking_v1_tracking } from "./tracking_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dabba/tracking/v1/tracking_service.proto.
  */
 export const file_dabba_tracking_v1_tracking_service: GenFile = /*@__PURE__*/
-  fileDesc("CihkYWJiYS90cmFja2luZy92MS90cmFja2luZ19zZXJ2aWNlLnByb3RvEhFkYWJiYS50cmFja2luZy52MSI8ChFUcmFja09yZGVyUmVxdWVzdBIQCghvcmRlcl9pZBgBIAEoCRIVCg1sYXN0X2V2ZW50X2lkGAIgASgJIr8CChJUcmFja09yZGVyUmVzcG9uc2USEAoIZXZlbnRfaWQYASABKAkSNwoIc25hcHNob3QYAiABKAsyIy5kYWJiYS50cmFja2luZy52MS5UcmFja2luZ1NuYXBzaG90SAASMQoGc3RhdHVzGAMgASgLMh8uZGFiYmEudHJhY2tpbmcudjEuU3RhdHVzVXBkYXRlSAASNQoIbG9jYXRpb24YBCABKAsyIS5kYWJiYS50cmFja2luZy52MS5Mb2NhdGlvblVwZGF0ZUgAEigKA2V0YRgFIAEoCzIZLmRhYmJhLmNvbW1vbi52MS5FdGFSYW5nZUgAEjEKCWhlYXJ0YmVhdBgGIAEoCzIcLmRhYmJhLnRyYWNraW5nLnYxLkhlYXJ0YmVhdEgAEg0KBWZpbmFsGAcgASgIQggKBnVwZGF0ZSILCglIZWFydGJlYXQiVgoYTGlzdE5vdGlmaWNhdGlvbnNSZXF1ZXN0EhMKC3VucmVhZF9vbmx5GAEgASgIEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImwKGUxpc3ROb3RpZmljYXRpb25zUmVzcG9uc2USNgoNbm90aWZpY2F0aW9ucxgBIAMoCzIfLmRhYmJhLnRyYWNraW5nLnYxLk5vdGlmaWNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOAocTWFya05vdGlmaWNhdGlvbnNSZWFkUmVxdWVzdBIYChBub3RpZmljYXRpb25faWRzGAEgAygJIi8KHU1hcmtOb3RpZmljYXRpb25zUmVhZFJlc3BvbnNlEg4KBm1hcmtlZBgBIAEoBSJRChZSZWdpc3RlcldlYmhvb2tSZXF1ZXN0EgsKA3VybBgBIAEoCRITCgtldmVudF90eXBlcxgCIAMoCRIVCg1yZXN0YXVyYW50X2lkGAMgASgJIl4KF1JlZ2lzdGVyV2ViaG9va1Jlc3BvbnNlEisKB3dlYmhvb2sYASABKAsyGi5kYWJiYS50cmFja2luZy52MS5XZWJob29rEhYKDnNpZ25pbmdfc2VjcmV0GAIgASgJIi4KGFJlcGxheURlYWRMZXR0ZXJzUmVxdWVzdBISCgp3ZWJob29rX2lkGAEgASgJIi0KGVJlcGxheURlYWRMZXR0ZXJzUmVzcG9uc2USEAoIcmVxdWV1ZWQYASABKAUytAQKD1RyYWNraW5nU2VydmljZRJbCgpUcmFja09yZGVyEiQuZGFiYmEudHJhY2tpbmcudjEuVHJhY2tPcmRlclJlcXVlc3QaJS5kYWJiYS50cmFja2luZy52MS5UcmFja09yZGVyUmVzcG9uc2UwARJuChFMaXN0Tm90aWZpY2F0aW9ucxIrLmRhYmJhLnRyYWNraW5nLnYxLkxpc3ROb3RpZmljYXRpb25zUmVxdWVzdBosLmRhYmJhLnRyYWNraW5nLnYxLkxpc3ROb3RpZmljYXRpb25zUmVzcG9uc2USegoVTWFya05vdGlmaWNhdGlvbnNSZWFkEi8uZGFiYmEudHJhY2tpbmcudjEuTWFya05vdGlmaWNhdGlvbnNSZWFkUmVxdWVzdBowLmRhYmJhLnRyYWNraW5nLnYxLk1hcmtOb3RpZmljYXRpb25zUmVhZFJlc3BvbnNlEmgKD1JlZ2lzdGVyV2ViaG9vaxIpLmRhYmJhLnRyYWNraW5nLnYxLlJlZ2lzdGVyV2ViaG9va1JlcXVlc3QaKi5kYWJiYS50cmFja2luZy52MS5SZWdpc3RlcldlYmhvb2tSZXNwb25zZRJuChFSZXBsYXlEZWFkTGV0dGVycxIrLmRhYmJhLnRyYWNraW5nLnYxLlJlcGxheURlYWRMZXR0ZXJzUmVxdWVzdBosLmRhYmJhLnRyYWNraW5nLnYxLlJlcGxheURlYWRMZXR0ZXJzUmVzcG9uc2ViBnByb3RvMw", [file_dabba_common_v1_common, file_dabba_tracking_v1_tracking]);
+  fileDesc("CihkYWJiYS90cmFja2luZy92MS90cmFja2luZ19zZXJ2aWNlLnByb3RvEhFkYWJiYS50cmFja2luZy52MSI8ChFUcmFja09yZGVyUmVxdWVzdBIQCghvcmRlcl9pZBgBIAEoCRIVCg1sYXN0X2V2ZW50X2lkGAIgASgJIr8CChJUcmFja09yZGVyUmVzcG9uc2USEAoIZXZlbnRfaWQYASABKAkSNwoIc25hcHNob3QYAiABKAsyIy5kYWJiYS50cmFja2luZy52MS5UcmFja2luZ1NuYXBzaG90SAASMQoGc3RhdHVzGAMgASgLMh8uZGFiYmEudHJhY2tpbmcudjEuU3RhdHVzVXBkYXRlSAASNQoIbG9jYXRpb24YBCABKAsyIS5kYWJiYS50cmFja2luZy52MS5Mb2NhdGlvblVwZGF0ZUgAEigKA2V0YRgFIAEoCzIZLmRhYmJhLmNvbW1vbi52MS5FdGFSYW5nZUgAEjEKCWhlYXJ0YmVhdBgGIAEoCzIcLmRhYmJhLnRyYWNraW5nLnYxLkhlYXJ0YmVhdEgAEg0KBWZpbmFsGAcgASgIQggKBnVwZGF0ZSILCglIZWFydGJlYXQiVgoYTGlzdE5vdGlmaWNhdGlvbnNSZXF1ZXN0EhMKC3VucmVhZF9vbmx5GAEgASgIEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImwKGUxpc3ROb3RpZmljYXRpb25zUmVzcG9uc2USNgoNbm90aWZpY2F0aW9ucxgBIAMoCzIfLmRhYmJhLnRyYWNraW5nLnYxLk5vdGlmaWNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOAocTWFya05vdGlmaWNhdGlvbnNSZWFkUmVxdWVzdBIYChBub3RpZmljYXRpb25faWRzGAEgAygJIi8KHU1hcmtOb3RpZmljYXRpb25zUmVhZFJlc3BvbnNlEg4KBm1hcmtlZBgBIAEoBSJRChZSZWdpc3RlcldlYmhvb2tSZXF1ZXN0EgsKA3VybBgBIAEoCRITCgtldmVudF90eXBlcxgCIAMoCRIVCg1yZXN0YXVyYW50X2lkGAMgASgJIl4KF1JlZ2lzdGVyV2ViaG9va1Jlc3BvbnNlEisKB3dlYmhvb2sYASABKAsyGi5kYWJiYS50cmFja2luZy52MS5XZWJob29rEhYKDnNpZ25pbmdfc2VjcmV0GAIgASgJIi4KGFJlcGxheURlYWRMZXR0ZXJzUmVxdWVzdBISCgp3ZWJob29rX2lkGAEgASgJIioKFERlbGV0ZVdlYmhvb2tSZXF1ZXN0EhIKCndlYmhvb2tfaWQYASABKAkiVwoVRGVsZXRlV2ViaG9va1Jlc3BvbnNlEisKB3dlYmhvb2sYASABKAsyGi5kYWJiYS50cmFja2luZy52MS5XZWJob29rEhEKCWNhbmNlbGxlZBgCIAEoBSItChlSZXBsYXlEZWFkTGV0dGVyc1Jlc3BvbnNlEhAKCHJlcXVldWVkGAEgASgFIn8KHExpc3RXZWJob29rRGVsaXZlcmllc1JlcXVlc3QSEgoKd2ViaG9va19pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSOAoGc3RhdHVzGAMgASgOMiguZGFiYmEudHJhY2tpbmcudjEuV2ViaG9va0RlbGl2ZXJ5U3RhdHVzIlcKHUxpc3RXZWJob29rRGVsaXZlcmllc1Jlc3BvbnNlEjYKCmRlbGl2ZXJpZXMYASADKAsyIi5kYWJiYS50cmFja2luZy52MS5XZWJob29rRGVsaXZlcnkylAYKD1RyYWNraW5nU2VydmljZRJbCgpUcmFja09yZGVyEiQuZGFiYmEudHJhY2tpbmcudjEuVHJhY2tPcmRlclJlcXVlc3QaJS5kYWJiYS50cmFja2luZy52MS5UcmFja09yZGVyUmVzcG9uc2UwARJuChFMaXN0Tm90aWZpY2F0aW9ucxIrLmRhYmJhLnRyYWNraW5nLnYxLkxpc3ROb3RpZmljYXRpb25zUmVxdWVzdBosLmRhYmJhLnRyYWNraW5nLnYxLkxpc3ROb3RpZmljYXRpb25zUmVzcG9uc2USegoVTWFya05vdGlmaWNhdGlvbnNSZWFkEi8uZGFiYmEudHJhY2tpbmcudjEuTWFya05vdGlmaWNhdGlvbnNSZWFkUmVxdWVzdBowLmRhYmJhLnRyYWNraW5nLnYxLk1hcmtOb3RpZmljYXRpb25zUmVhZFJlc3BvbnNlEmgKD1JlZ2lzdGVyV2ViaG9vaxIpLmRhYmJhLnRyYWNraW5nLnYxLlJlZ2lzdGVyV2ViaG9va1JlcXVlc3QaKi5kYWJiYS50cmFja2luZy52MS5SZWdpc3RlcldlYmhvb2tSZXNwb25zZRJuChFSZXBsYXlEZWFkTGV0dGVycxIrLmRhYmJhLnRyYWNraW5nLnYxLlJlcGxheURlYWRMZXR0ZXJzUmVxdWVzdBosLmRhYmJhLnRyYWNraW5nLnYxLlJlcGxheURlYWRMZXR0ZXJzUmVzcG9uc2USegoVTGlzdFdlYmhvb2tEZWxpdmVyaWVzEi8uZGFiYmEudHJhY2tpbmcudjEuTGlzdFdlYmhvb2tEZWxpdmVyaWVzUmVxdWVzdBowLmRhYmJhLnRyYWNraW5nLnYxLkxpc3RXZWJob29rRGVsaXZlcmllc1Jlc3BvbnNlEmIKDURlbGV0ZVdlYmhvb2sSJy5kYWJiYS50cmFja2luZy52MS5EZWxldGVXZWJob29rUmVxdWVzdBooLmRhYmJhLnRyYWNraW5nLnYxLkRlbGV0ZVdlYmhvb2tSZXNwb25zZWIGcHJvdG8z", [file_dabba_common_v1_common, file_dabba_tracking_v1_tracking]);
 
 /**
  * TrackOrderRequest names the order to watch.
@@ -326,6 +326,55 @@ export const ReplayDeadLettersRequestSchema: GenMessage<ReplayDeadLettersRequest
   messageDesc(file_dabba_tracking_v1_tracking_service, 9);
 
 /**
+ * DeleteWebhookRequest names the webhook to stop.
+ *
+ * @generated from message dabba.tracking.v1.DeleteWebhookRequest
+ */
+export type DeleteWebhookRequest = Message<"dabba.tracking.v1.DeleteWebhookRequest"> & {
+  /**
+   * webhook_id is the webhook.
+   *
+   * @generated from field: string webhook_id = 1;
+   */
+  webhookId: string;
+};
+
+/**
+ * Describes the message dabba.tracking.v1.DeleteWebhookRequest.
+ * Use `create(DeleteWebhookRequestSchema)` to create a new message.
+ */
+export const DeleteWebhookRequestSchema: GenMessage<DeleteWebhookRequest> = /*@__PURE__*/
+  messageDesc(file_dabba_tracking_v1_tracking_service, 10);
+
+/**
+ * DeleteWebhookResponse carries the deleted webhook.
+ *
+ * @generated from message dabba.tracking.v1.DeleteWebhookResponse
+ */
+export type DeleteWebhookResponse = Message<"dabba.tracking.v1.DeleteWebhookResponse"> & {
+  /**
+   * webhook is the webhook, with deleted_at set.
+   *
+   * @generated from field: dabba.tracking.v1.Webhook webhook = 1;
+   */
+  webhook?: Webhook | undefined;
+
+  /**
+   * cancelled is the number of pending deliveries dead-lettered by this call.
+   *
+   * @generated from field: int32 cancelled = 2;
+   */
+  cancelled: number;
+};
+
+/**
+ * Describes the message dabba.tracking.v1.DeleteWebhookResponse.
+ * Use `create(DeleteWebhookResponseSchema)` to create a new message.
+ */
+export const DeleteWebhookResponseSchema: GenMessage<DeleteWebhookResponse> = /*@__PURE__*/
+  messageDesc(file_dabba_tracking_v1_tracking_service, 11);
+
+/**
  * ReplayDeadLettersResponse reports how many were re-queued.
  *
  * @generated from message dabba.tracking.v1.ReplayDeadLettersResponse
@@ -344,7 +393,63 @@ export type ReplayDeadLettersResponse = Message<"dabba.tracking.v1.ReplayDeadLet
  * Use `create(ReplayDeadLettersResponseSchema)` to create a new message.
  */
 export const ReplayDeadLettersResponseSchema: GenMessage<ReplayDeadLettersResponse> = /*@__PURE__*/
-  messageDesc(file_dabba_tracking_v1_tracking_service, 10);
+  messageDesc(file_dabba_tracking_v1_tracking_service, 12);
+
+/**
+ * ListWebhookDeliveriesRequest names the webhook.
+ *
+ * @generated from message dabba.tracking.v1.ListWebhookDeliveriesRequest
+ */
+export type ListWebhookDeliveriesRequest = Message<"dabba.tracking.v1.ListWebhookDeliveriesRequest"> & {
+  /**
+   * webhook_id is the webhook whose deliveries to list.
+   *
+   * @generated from field: string webhook_id = 1;
+   */
+  webhookId: string;
+
+  /**
+   * page_size is the number of most recent deliveries returned; 0 means 20, at most 100.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * status, when set, returns only deliveries in this state.
+   *
+   * @generated from field: dabba.tracking.v1.WebhookDeliveryStatus status = 3;
+   */
+  status: WebhookDeliveryStatus;
+};
+
+/**
+ * Describes the message dabba.tracking.v1.ListWebhookDeliveriesRequest.
+ * Use `create(ListWebhookDeliveriesRequestSchema)` to create a new message.
+ */
+export const ListWebhookDeliveriesRequestSchema: GenMessage<ListWebhookDeliveriesRequest> = /*@__PURE__*/
+  messageDesc(file_dabba_tracking_v1_tracking_service, 13);
+
+/**
+ * ListWebhookDeliveriesResponse is the delivery log of a webhook, newest delivery first.
+ *
+ * @generated from message dabba.tracking.v1.ListWebhookDeliveriesResponse
+ */
+export type ListWebhookDeliveriesResponse = Message<"dabba.tracking.v1.ListWebhookDeliveriesResponse"> & {
+  /**
+   * deliveries are the deliveries, newest first, each with its attempts oldest first.
+   *
+   * @generated from field: repeated dabba.tracking.v1.WebhookDelivery deliveries = 1;
+   */
+  deliveries: WebhookDelivery[];
+};
+
+/**
+ * Describes the message dabba.tracking.v1.ListWebhookDeliveriesResponse.
+ * Use `create(ListWebhookDeliveriesResponseSchema)` to create a new message.
+ */
+export const ListWebhookDeliveriesResponseSchema: GenMessage<ListWebhookDeliveriesResponse> = /*@__PURE__*/
+  messageDesc(file_dabba_tracking_v1_tracking_service, 14);
 
 /**
  * TrackingService pushes order progress to people: live tracking, an inbox and webhooks.
@@ -401,6 +506,26 @@ export const TrackingService: GenService<{
     methodKind: "unary";
     input: typeof ReplayDeadLettersRequestSchema;
     output: typeof ReplayDeadLettersResponseSchema;
+  },
+  /**
+   * ListWebhookDeliveries lists a webhook's most recent deliveries with their attempt log. Restaurant (own), ops.
+   *
+   * @generated from rpc dabba.tracking.v1.TrackingService.ListWebhookDeliveries
+   */
+  listWebhookDeliveries: {
+    methodKind: "unary";
+    input: typeof ListWebhookDeliveriesRequestSchema;
+    output: typeof ListWebhookDeliveriesResponseSchema;
+  },
+  /**
+   * DeleteWebhook stops a webhook: no new deliveries, pending ones dead-lettered; its delivery log is kept. Restaurant (own), ops.
+   *
+   * @generated from rpc dabba.tracking.v1.TrackingService.DeleteWebhook
+   */
+  deleteWebhook: {
+    methodKind: "unary";
+    input: typeof DeleteWebhookRequestSchema;
+    output: typeof DeleteWebhookResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_dabba_tracking_v1_tracking_service, 0);
