@@ -51,11 +51,17 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       }
       const attempts = async () =>
         Promise.all(ids.map((id) => t.state(id).then((s) => s.attempt, (e) => (ConnectError.from(e).code === Code.NotFound ? -1 : Promise.reject(e)))));
-      // The subject is time: a dispatch that missed a cancellation keeps running rounds.
-      await sleep(1000);
-      const before = await attempts();
-      await sleep(1000);
-      const after = await attempts();
+      // The subject is time: a dispatch that missed a cancellation keeps running rounds (one
+      // every 300 ms), so its attempt never holds still for a second. The cancellations are
+      // applied by a consumer that may lag on a loaded machine: give it up to 10 s to settle.
+      let before = await attempts();
+      let after = before;
+      for (let i = 0; i < 10; i++) {
+        await sleep(1000);
+        after = await attempts();
+        if (after.every((a, k) => a === before[k])) break;
+        if (i < 9) before = after;
+      }
       const listed = (await d.dispatch.listAvailableDeliveries({ location: RESTAURANT, radiusKm: 5 })).deliveries.map((x) => x.orderId);
       const withdrawn = new Set(d.withdrawn());
       const leaked = ids.filter((id, i) => after[i] !== before[i] || d.offersFor(id).some((o) => !withdrawn.has(o.offerId)) || listed.includes(id));
