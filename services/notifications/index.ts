@@ -49,6 +49,8 @@ export interface Notifications {
   queue: JobQueue<WebhookJob>;
   /** Deletes inbox messages older than the retention (hourly while started); returns how many. */
   pruneInbox(): Promise<number>;
+  /** Deletes finished webhook deliveries and their attempts older than the log retention (hourly while started); returns how many deliveries. */
+  pruneWebhookLog(): Promise<number>;
   /** Handles one event as the consumers do (tests deliver events directly with it). */
   handle(ev: Event): Promise<InsertedMessage[]>;
   /** The consumers of events:orders and events:location (tests poll them). */
@@ -58,7 +60,7 @@ export interface Notifications {
 }
 
 let instances = 0;
-/** Inbox retention runs this often, deleting at most this many rows per statement. */
+/** Inbox and webhook log retention run this often, deleting at most this many rows per statement. */
 const PRUNE_EVERY_MS = 3_600_000;
 const PRUNE_BATCH = 10_000;
 
@@ -68,7 +70,8 @@ const PRUNE_BATCH = 10_000;
  * unique key and insert ... on conflict do nothing), pushes only newly inserted messages, and
  * queues one signed webhook delivery per matching webhook and event (unique too) on the
  * "webhooks" job queue, with its job in one transaction. Inbox messages older than
- * NOTIFICATIONS_INBOX_RETENTION_DAYS are deleted hourly.
+ * NOTIFICATIONS_INBOX_RETENTION_DAYS, and delivered or dead webhook deliveries (with their
+ * attempt log) older than WEBHOOK_LOG_RETENTION_DAYS, are deleted hourly.
  */
 export function createNotifications(opts: NotificationsOptions): Notifications {
   const logger = opts.logger.child({ component: "notifications" });
@@ -154,16 +157,20 @@ export function createNotifications(opts: NotificationsOptions): Notifications {
   }
 
   let pruneTimer: NodeJS.Timeout | undefined;
-  async function pruneInbox(): Promise<number> {
+  /** Deletes in batches until a batch comes back short; returns how many rows. */
+  async function pruneAll(what: string, days: number, batch: (before: Date, limit: number) => Promise<number>): Promise<number> {
+    const before = new Date(Date.now() - days * 86_400_000);
     let total = 0;
     for (;;) {
-      const n = await store.pruneInbox(new Date(Date.now() - c.inboxRetentionDays * 86_400_000), PRUNE_BATCH);
+      const n = await batch(before, PRUNE_BATCH);
       total += n;
       if (n < PRUNE_BATCH) break;
     }
-    if (total > 0) logger.info({ deleted: total, retentionDays: c.inboxRetentionDays }, "inbox messages past retention deleted");
+    if (total > 0) logger.info({ deleted: total, retentionDays: days }, `${what} past retention deleted`);
     return total;
   }
+  const pruneInbox = () => pruneAll("inbox messages", c.inboxRetentionDays, (b, n) => store.pruneInbox(b, n));
+  const pruneWebhookLog = () => pruneAll("webhook deliveries", c.webhookLogRetentionDays, (b, n) => store.pruneWebhookLog(b, n));
 
   async function handleEntry(e: StreamEntry): Promise<void> {
     await handle(fromBinary(EventSchema, e.data));
@@ -190,11 +197,13 @@ export function createNotifications(opts: NotificationsOptions): Notifications {
     handle,
     consumers,
     pruneInbox,
+    pruneWebhookLog,
     async start() {
       await queue.startEach((job) => worker.run(job));
       for (const k of consumers) await k.start();
       pruneTimer = setInterval(() => {
         pruneInbox().catch((err) => logger.warn({ err }, "inbox retention failed; trying again in an hour"));
+        pruneWebhookLog().catch((err) => logger.warn({ err }, "webhook log retention failed; trying again in an hour"));
       }, PRUNE_EVERY_MS);
       pruneTimer.unref();
     },

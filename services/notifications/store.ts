@@ -162,6 +162,20 @@ export function createNotificationsStore(db: Db) {
       return Number(r.numAffectedRows ?? 0);
     },
 
+    /**
+     * Deletes up to `limit` finished (delivered or dead) webhook deliveries created before
+     * `before`, with their attempt log, in one statement; returns how many deliveries. A pending
+     * delivery is never deleted (the outer condition is re-checked against a replay that made it
+     * pending meanwhile).
+     */
+    async pruneWebhookLog(before: Date, limit: number): Promise<number> {
+      const r = await sql`with doomed as (
+            select id from webhook_deliveries where status <> 'pending' and created_at < ${before} limit ${limit}),
+          attempts as (delete from webhook_attempts where delivery_id in (select id from doomed))
+        delete from webhook_deliveries where id in (select id from doomed) and status <> 'pending'`.execute(k);
+      return Number(r.numAffectedRows ?? 0);
+    },
+
     /** A page of a recipient's inbox, newest first, after (older than) afterId; limit + 1 rows tell whether more follow. */
     async listInbox(owner: Recipient, opts: { unreadOnly: boolean; limit: number; afterId?: string }): Promise<InboxMessage[]> {
       let q = k

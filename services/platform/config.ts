@@ -337,6 +337,8 @@ export interface NotificationsConfig {
   allowPrivateNetworks: boolean;
   /** Inbox messages older than this many days are deleted (hourly). */
   inboxRetentionDays: number;
+  /** Delivered and dead webhook deliveries (with their attempt log) older than this many days are deleted (hourly). */
+  webhookLogRetentionDays: number;
   /** WEBHOOK_SECRET_KEY: seals signing secrets at rest (AES-256-GCM); unset: stored as they are. */
   secretKey?: Buffer;
 }
@@ -352,6 +354,7 @@ export const defaultNotificationsConfig: NotificationsConfig = Object.freeze({
   signatureToleranceS: 300,
   allowPrivateNetworks: false,
   inboxRetentionDays: 90,
+  webhookLogRetentionDays: 30,
 });
 
 export interface AuthConfig {
@@ -639,6 +642,7 @@ function loadNotificationsConfig(env: Env): NotificationsConfig {
     allowPrivateNetworks: bool(env, "WEBHOOK_ALLOW_PRIVATE_NETWORKS", d.allowPrivateNetworks),
     secretKey: webhookSecretKey(env.WEBHOOK_SECRET_KEY),
     inboxRetentionDays: int(env, "NOTIFICATIONS_INBOX_RETENTION_DAYS", d.inboxRetentionDays, 1, 3650),
+    webhookLogRetentionDays: int(env, "WEBHOOK_LOG_RETENTION_DAYS", d.webhookLogRetentionDays, 1, 3650),
   };
 }
 

@@ -43,6 +43,7 @@ for (const backend of ["embedded", "real"] as Backend[]) {
         let body = "";
         req.on("data", (c) => (body += c));
         req.on("end", () => {
+          if (req.url === "/hang") return; // never answers: the attempt stays in flight until the sender's timeout
           const b = JSON.parse(body);
           received.push({ eventId: String(req.headers["dabba-event-id"]), type: b.type, restaurantId: b.restaurant_id });
           res.writeHead(204).end();
@@ -53,6 +54,7 @@ for (const backend of ["embedded", "real"] as Backend[]) {
     });
     after(async () => {
       await t?.close();
+      hookServer?.closeAllConnections();
       await new Promise((r) => hookServer?.close(r));
     });
 
@@ -291,6 +293,41 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       assert.ok((await tracking.notifications.pruneInbox()) >= old.length);
       assert.deepEqual((await inbox(c)).map((n) => n.id), all.slice(0, 2).map((n) => n.id));
       assert.ok((await inbox(c)).every((n) => n.orderId === orderId));
+    });
+
+    it("deletes finished webhook deliveries and their attempt log past the log retention, never a pending one", async () => {
+      const ops = await trackingAs("ops", "op-1");
+      const kitchen = await trackingAs("restaurant", "staff", t.restaurantId);
+      const good = (await ops.registerWebhook({ url: hookUrl, restaurantId: t.restaurantId, eventTypes: ["confirmed", "delivered"] })).webhook!;
+      const hang = (await ops.registerWebhook({ url: hookUrl.replace(/\/hook$/, "/hang"), restaurantId: t.restaurantId, eventTypes: ["confirmed"] })).webhook!;
+      try {
+        const deliveries = async (webhookId: string, orderId: string) =>
+          (await kitchen.listWebhookDeliveries({ webhookId, pageSize: 100 })).deliveries.filter((x) => x.orderId === orderId);
+        const delivered = async (orderId: string) =>
+          (await deliveries(good.id, orderId)).filter((x) => x.status === WebhookDeliveryStatus.DELIVERED).length === 2;
+        const old = await deliverOrder(`c-${uniqueId()}`, `d-${uniqueId()}`);
+        const recent = await deliverOrder(`c-${uniqueId()}`, `d-${uniqueId()}`);
+        await until(() => delivered(old), 20_000, "the old order's deliveries");
+        await until(() => delivered(recent), 20_000, "the recent order's deliveries");
+        await until(async () => (await deliveries(hang.id, old)).length === 1, 20_000, "the hanging delivery");
+
+        const days = t.mesh.config.notifications.webhookLogRetentionDays;
+        await sql`update webhook_deliveries set created_at = now() - ${`${days + 1} days`}::interval where order_id = ${old}`.execute(t.mesh.db.kysely);
+        assert.ok((await tracking.notifications.pruneWebhookLog()) >= 2);
+
+        assert.deepEqual(await deliveries(good.id, old), [], "the old finished deliveries are gone");
+        const kept = await deliveries(good.id, recent);
+        assert.equal(kept.length, 2, "the recent ones are kept");
+        assert.ok(kept.every((x) => x.attemptLog.length === 1 && x.attemptLog[0]!.statusCode === 204), "with their attempt log");
+        const attempts = await sql<{ n: string }>`select count(*)::text as n from webhook_attempts where webhook_id = ${good.id}`.execute(t.mesh.db.kysely);
+        assert.equal(Number(attempts.rows[0]!.n), 2, "the old deliveries' attempts went with them");
+        const pending = await deliveries(hang.id, old);
+        assert.equal(pending.length, 1, "a pending delivery is never deleted, however old");
+        assert.equal(pending[0]!.status, WebhookDeliveryStatus.PENDING);
+      } finally {
+        await ops.deleteWebhook({ webhookId: good.id });
+        await ops.deleteWebhook({ webhookId: hang.id });
+      }
     });
 
     it("registers webhooks for the caller's restaurant or (ops) any restaurant or partner, validating the request", async () => {

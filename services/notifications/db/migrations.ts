@@ -105,8 +105,19 @@ const m20261203T1000_webhook_deleted_at: Migration = {
   },
 };
 
+/** Webhook log retention deletes finished deliveries by creation time. */
+const m20261205T1000_webhook_log_retention: Migration = {
+  async up(db: Kysely<any>) {
+    await sql`create index webhook_deliveries_finished_created_idx on webhook_deliveries (created_at) where status <> 'pending'`.execute(db);
+  },
+  async down(db: Kysely<any>) {
+    await sql`drop index webhook_deliveries_finished_created_idx`.execute(db);
+  },
+};
+
 /** The tracking service's migrations (notifications: inbox, webhooks, deliveries, delivery log). */
 export const migrations: Record<string, Migration> = {
   "20261121T1830_notifications_init": m20261121T1830_notifications_init,
   "20261203T1000_webhook_deleted_at": m20261203T1000_webhook_deleted_at,
+  "20261205T1000_webhook_log_retention": m20261205T1000_webhook_log_retention,
 };
