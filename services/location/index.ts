@@ -2,8 +2,10 @@ import { createClient, type Client } from "@connectrpc/connect";
 import { LocationService } from "../../gen/dabba/location/v1/location_service_pb.js";
 import { OrderService } from "../../gen/dabba/order/v1/order_service_pb.js";
 import { withMappedErrors } from "../platform/errors.js";
+import { createStreamRetention } from "../platform/stream-retention.js";
 import type { ServiceDeps, ServiceModule } from "../platform/service.js";
 import { createActiveOrders } from "./active-orders.js";
+import { LOCATION_EVENTS_STREAM } from "./keys.js";
 import { migrations } from "./db/migrations.js";
 import { findNearbyDrivers } from "./handlers/find-nearby-drivers.js";
 import { getDriverLocation } from "./handlers/get-driver-location.js";
@@ -44,6 +46,8 @@ export function createLocationService(deps: ServiceDeps, overrides: Partial<Loca
       logger,
       order: () => (order ??= createClient(OrderService, deps.peer("order"))),
     });
+  // Geofence crossings go to events:location from here, so this service keeps it trimmed.
+  const retention = createStreamRetention({ eventLog: deps.redis.eventLog, streams: [LOCATION_EVENTS_STREAM], config: deps.config.eventStreams, logger });
   const writer = createTickWriter({ redis: deps.redis, config, logger, history, activeOrders });
   const ingest = createIngest({ redis: deps.redis, config, logger, activeOrders, writer });
 
@@ -71,6 +75,7 @@ export function createLocationService(deps: ServiceDeps, overrides: Partial<Loca
       await activeOrders.start();
       writer.start();
       ingest.start();
+      retention.start();
     },
     async stop() {
       // The host has drained the streams; write what they handed over, then stop the consumers.
@@ -78,6 +83,7 @@ export function createLocationService(deps: ServiceDeps, overrides: Partial<Loca
       await writer.stop();
       await activeOrders.stop();
       await history.stop();
+      await retention.stop();
     },
   };
 }

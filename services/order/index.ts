@@ -7,6 +7,7 @@ import { OrderSchema } from "../../gen/dabba/order/v1/order_pb.js";
 import { OrderService } from "../../gen/dabba/order/v1/order_service_pb.js";
 import { withMappedErrors } from "../platform/errors.js";
 import { createConsumer, createOutboxRelay, type Consumer, type OutboxRelay } from "../platform/outbox.js";
+import { createStreamRetention } from "../platform/stream-retention.js";
 import type { StreamEntry } from "../platform/redis.js";
 import type { ServiceDeps, ServiceModule } from "../platform/service.js";
 import { createAnswerTimer } from "./answer-timer.js";
@@ -56,6 +57,8 @@ export function createOrderService(deps: ServiceDeps): ServiceModule {
       relay.wake();
     }, RELAY_COALESCE_MS);
   };
+  // The relay produces events:orders, so this service keeps it trimmed.
+  const retention = createStreamRetention({ eventLog: deps.redis.eventLog, streams: [ORDER_EVENTS_STREAM], config: deps.config.eventStreams, logger });
   const store = createOrderStore({
     db: deps.db,
     policy: deps.config.orders,
@@ -121,6 +124,7 @@ export function createOrderService(deps: ServiceDeps): ServiceModule {
     migrations,
     async start() {
       relay.start();
+      retention.start();
       await feed.start();
       await etaUpdater?.start();
       await jobs.start({
@@ -137,6 +141,7 @@ export function createOrderService(deps: ServiceDeps): ServiceModule {
       await feed.stop();
       await etaUpdater?.stop();
       await relay.stop();
+      await retention.stop();
     },
   };
 }

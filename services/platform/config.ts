@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { SERVICE_NAMES, type ServiceName } from "./service.js";
+import { defaultStreamRetentionConfig, type StreamRetentionConfig } from "./stream-retention.js";
 
 /** Typed, validated, frozen configuration. Only loadConfig (called by main) reads the environment. */
 export interface Config {
@@ -39,6 +40,8 @@ export interface Config {
   payments: PaymentsConfig;
   notifications: NotificationsConfig;
   eta: EtaConfig;
+  /** Retention of the event streams (events:orders, events:location). */
+  eventStreams: StreamRetentionConfig;
   /**
    * Test-only fault injection (DABBA_FAILPOINT): the named point kills the process with SIGKILL
    * when reached, e.g. "dispatch:offer-locked" (a driver is locked, the offer not yet recorded).
@@ -494,6 +497,7 @@ export function testConfig(overrides: Partial<Config> = {}): Config {
     payments: { ...defaultPaymentsConfig },
     // Test receivers listen on 127.0.0.1.
     notifications: { ...defaultNotificationsConfig, allowPrivateNetworks: true },
+    eventStreams: { ...defaultStreamRetentionConfig },
     eta: { ...defaultEtaConfig, speedBands: defaultEtaConfig.speedBands.map((b) => ({ ...b })), updater: false },
     ...overrides,
   });
@@ -613,6 +617,11 @@ export function loadConfig(env: Env): Config {
     dispatch,
     payments: loadPaymentsConfig(env),
     notifications: loadNotificationsConfig(env),
+    eventStreams: {
+      retentionMs: int(env, "EVENT_STREAM_RETENTION_MS", defaultStreamRetentionConfig.retentionMs, 0, 30 * 86_400_000),
+      maxLen: int(env, "EVENT_STREAM_MAX_LEN", defaultStreamRetentionConfig.maxLen, 1000, 1_000_000_000),
+      everyMs: int(env, "EVENT_STREAM_TRIM_EVERY_MS", defaultStreamRetentionConfig.everyMs, 1000, 86_400_000),
+    },
     eta: loadEtaConfig(env),
     failpoint: env.DABBA_FAILPOINT || undefined,
     tracking: {

@@ -10,6 +10,7 @@ import type {
   RateLimitResult,
   RedisPorts,
   StreamEntry,
+  StreamGroupInfo,
 } from "./redis.js";
 import { haversineKm } from "./redis.js";
 
@@ -84,6 +85,10 @@ function cmpId(a: Id, b: Id): number {
   return a[0] !== b[0] ? a[0] - b[0] : a[1] - b[1];
 }
 
+function fmtId(id: Id): string {
+  return `${id[0]}-${id[1]}`;
+}
+
 // ---------------------------------------------------------------- event log
 
 interface StoredEntry extends EventLogEntry {
@@ -139,7 +144,7 @@ class MemoryEventLog implements EventLog {
     const now = Date.now();
     const pid: Id = now > s.last[0] ? [now, 0] : [s.last[0], s.last[1] + 1];
     s.last = pid;
-    const id = `${pid[0]}-${pid[1]}`;
+    const id = fmtId(pid);
     s.entries.push({
       id,
       pid,
@@ -258,6 +263,30 @@ class MemoryEventLog implements EventLog {
 
   async pendingCount(stream: string, group: string): Promise<number> {
     return this.#group(stream, group).g.pending.size;
+  }
+
+  async trimBefore(stream: string, minId: string): Promise<number> {
+    const s = this.#stream(stream, false);
+    if (!s) return 0;
+    const min = parseId(minId);
+    let n = 0;
+    while (n < s.entries.length && cmpId(s.entries[n]!.pid, min) < 0) n++;
+    s.entries.splice(0, n);
+    return n;
+  }
+
+  async length(stream: string): Promise<number> {
+    return this.#stream(stream, false)?.entries.length ?? 0;
+  }
+
+  async groups(stream: string): Promise<StreamGroupInfo[]> {
+    const s = this.#stream(stream, false);
+    if (!s) return [];
+    return [...s.groups].map(([name, g]) => {
+      const info: StreamGroupInfo = { name, lastDeliveredId: fmtId(g.lastDelivered), pending: g.pending.size };
+      if (g.pending.size > 0) info.oldestPendingId = [...g.pending.keys()].map(parseId).sort(cmpId).map(fmtId)[0];
+      return info;
+    });
   }
 
   close(): void {

@@ -14,6 +14,7 @@ import type {
   RateLimitResult,
   RedisPorts,
   StreamEntry,
+  StreamGroupInfo,
 } from "./redis.js";
 
 /**
@@ -261,6 +262,39 @@ class RealEventLog implements EventLog {
   async pendingCount(stream: string, group: string): Promise<number> {
     const summary = (await this.main.xpending(this.prefix + stream, group)) as [number, ...unknown[]];
     return Number(summary[0]);
+  }
+
+  async trimBefore(stream: string, minId: string): Promise<number> {
+    return this.main.xtrim(this.prefix + stream, "MINID", minId);
+  }
+
+  async length(stream: string): Promise<number> {
+    return this.main.xlen(this.prefix + stream);
+  }
+
+  async groups(stream: string): Promise<StreamGroupInfo[]> {
+    const key = this.prefix + stream;
+    let raw: unknown[][];
+    try {
+      raw = (await this.main.xinfo("GROUPS", key)) as unknown[][];
+    } catch (err) {
+      if (/no such key/i.test(String((err as Error).message))) return [];
+      throw err;
+    }
+    return Promise.all(
+      raw.map(async (fields) => {
+        const f = new Map<string, unknown>();
+        for (let i = 0; i + 1 < fields.length; i += 2) f.set(String(fields[i]), fields[i + 1]);
+        const name = String(f.get("name"));
+        const pending = Number(f.get("pending"));
+        const info: StreamGroupInfo = { name, lastDeliveredId: String(f.get("last-delivered-id")), pending };
+        if (pending > 0) {
+          const summary = (await this.main.xpending(key, name)) as [number, string | null, ...unknown[]];
+          if (summary[1]) info.oldestPendingId = summary[1];
+        }
+        return info;
+      }),
+    );
   }
 
   async close(): Promise<void> {

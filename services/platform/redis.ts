@@ -27,6 +27,17 @@ export interface StreamEntry extends EventLogEntry {
   deliveries?: number;
 }
 
+/** A consumer group's position in a stream (XINFO GROUPS, XPENDING). */
+export interface StreamGroupInfo {
+  name: string;
+  /** Every entry up to this id has been delivered to the group ("0-0" when none). */
+  lastDeliveredId: string;
+  /** Entries delivered and not yet acked. */
+  pending: number;
+  /** The oldest of them, when pending > 0. */
+  oldestPendingId?: string;
+}
+
 /** Append-only event log with consumer groups (Redis Streams). */
 export interface EventLog {
   append(stream: string, entry: EventLogEntry): Promise<string>;
@@ -46,6 +57,12 @@ export interface EventLog {
   range(stream: string, afterId: string | undefined, count: number): Promise<StreamEntry[]>;
   /** Trims to about maxLen newest entries (approximate in Redis: may keep a few more). */
   trim(stream: string, maxLen: number): Promise<void>;
+  /** Deletes every entry with an id below minId (XTRIM MINID, exact); returns how many. */
+  trimBefore(stream: string, minId: string): Promise<number>;
+  /** Number of entries in the stream (0 when it does not exist). */
+  length(stream: string): Promise<number>;
+  /** The stream's consumer groups and their positions (none when the stream does not exist). */
+  groups(stream: string): Promise<StreamGroupInfo[]>;
   /** Number of entries pending (delivered, not acked) in the group. */
   pendingCount(stream: string, group: string): Promise<number>;
 }

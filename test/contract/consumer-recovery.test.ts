@@ -23,6 +23,9 @@ function losableLog(log: EventLog): EventLog & { lose(): void } {
     ack: (s, g, ids) => log.ack(name(s), g, ids),
     range: (s, after, n) => log.range(name(s), after, n),
     trim: (s, n) => log.trim(name(s), n),
+    trimBefore: (s, id) => log.trimBefore(name(s), id),
+    length: (s) => log.length(name(s)),
+    groups: (s) => log.groups(name(s)),
     pendingCount: (s, g) => log.pendingCount(name(s), g),
   };
 }
