@@ -14,6 +14,7 @@ import { createConsumer, type Consumer } from "../platform/outbox.js";
 import type { RedisPorts, StreamEntry } from "../platform/redis.js";
 import { eventType, messagesFor, partiesOf, pushData, webhookBody, webhookWants, type OrderParties } from "./domain.js";
 import { createRecordingPush, type PushProvider } from "./push.js";
+import { resealSecret } from "./secrets.js";
 import { createNotificationsStore, type InsertedMessage, type NotificationsStore } from "./store.js";
 import { WEBHOOK_QUEUE, createWebhookWorker, type WebhookJob } from "./webhooks.js";
 
@@ -51,12 +52,45 @@ export interface Notifications {
   pruneInbox(): Promise<number>;
   /** Deletes finished webhook deliveries and their attempts older than the log retention (hourly while started); returns how many deliveries. */
   pruneWebhookLog(): Promise<number>;
+  /**
+   * Seals with WEBHOOK_SECRET_KEY every webhook secret stored in the clear or sealed with a
+   * previous key (at start and hourly); returns how many were resealed and how many open with
+   * no configured key.
+   */
+  resealSecrets(): Promise<{ resealed: number; unopenable: number }>;
   /** Handles one event as the consumers do (tests deliver events directly with it). */
   handle(ev: Event): Promise<InsertedMessage[]>;
   /** The consumers of events:orders and events:location (tests poll them). */
   consumers: Consumer[];
   start(): Promise<void>;
   stop(): Promise<void>;
+}
+
+/**
+ * Seals every webhook secret stored in the clear or with a previous key with keys.secretKey
+ * (nothing without one); returns how many were resealed and how many open with no given key.
+ */
+export async function resealWebhookSecrets(
+  store: Pick<NotificationsStore, "webhookSecrets" | "replaceWebhookSecret">,
+  keys: Pick<NotificationsConfig, "secretKey" | "previousSecretKeys">,
+  logger: Logger,
+): Promise<{ resealed: number; unopenable: number }> {
+  let resealed = 0;
+  let unopenable = 0;
+  if (!keys.secretKey) return { resealed, unopenable };
+  for (const w of await store.webhookSecrets()) {
+    let next: string | undefined;
+    try {
+      next = resealSecret(w.secret, keys.secretKey, keys.previousSecretKeys);
+    } catch (err) {
+      unopenable++;
+      logger.error({ webhookId: w.id, err: (err as Error).message }, "webhook secret opens with no configured key; its deliveries fail until that key is back in WEBHOOK_SECRET_KEYS_PREVIOUS");
+      continue;
+    }
+    if (next !== undefined && (await store.replaceWebhookSecret(w.id, w.secret, next))) resealed++;
+  }
+  if (resealed > 0) logger.info({ resealed }, "webhook secrets resealed with the current WEBHOOK_SECRET_KEY");
+  return { resealed, unopenable };
 }
 
 let instances = 0;
@@ -169,6 +203,7 @@ export function createNotifications(opts: NotificationsOptions): Notifications {
     if (total > 0) logger.info({ deleted: total, retentionDays: days }, `${what} past retention deleted`);
     return total;
   }
+  const resealSecrets = () => resealWebhookSecrets(store, c, logger);
   const pruneInbox = () => pruneAll("inbox messages", c.inboxRetentionDays, (b, n) => store.pruneInbox(b, n));
   const pruneWebhookLog = () => pruneAll("webhook deliveries", c.webhookLogRetentionDays, (b, n) => store.pruneWebhookLog(b, n));
 
@@ -198,12 +233,15 @@ export function createNotifications(opts: NotificationsOptions): Notifications {
     consumers,
     pruneInbox,
     pruneWebhookLog,
+    resealSecrets,
     async start() {
+      await resealSecrets().catch((err) => logger.warn({ err }, "resealing webhook secrets failed; trying again in an hour"));
       await queue.startEach((job) => worker.run(job));
       for (const k of consumers) await k.start();
       pruneTimer = setInterval(() => {
         pruneInbox().catch((err) => logger.warn({ err }, "inbox retention failed; trying again in an hour"));
         pruneWebhookLog().catch((err) => logger.warn({ err }, "webhook log retention failed; trying again in an hour"));
+        resealSecrets().catch((err) => logger.warn({ err }, "resealing webhook secrets failed; trying again in an hour"));
       }, PRUNE_EVERY_MS);
       pruneTimer.unref();
     },

@@ -234,6 +234,17 @@ export function createNotificationsStore(db: Db) {
       return toWebhook(r);
     },
 
+    /** Every webhook's id and stored secret (deleted ones too), for resealing. */
+    async webhookSecrets(): Promise<{ id: string; secret: string }[]> {
+      return k.selectFrom("webhooks").select(["id", "secret"]).orderBy("id").execute();
+    },
+
+    /** Replaces a stored secret if it is still `from` (a concurrent reseal wrote the same secret anyway). */
+    async replaceWebhookSecret(id: string, from: string, to: string): Promise<boolean> {
+      const r = await k.updateTable("webhooks").set({ secret: to }).where("id", "=", id).where("secret", "=", from).executeTakeFirst();
+      return Number(r.numUpdatedRows) === 1;
+    },
+
     async webhook(id: string): Promise<Webhook | undefined> {
       const r = await k.selectFrom("webhooks").selectAll().where("id", "=", id).executeTakeFirst();
       return r && toWebhook(r);

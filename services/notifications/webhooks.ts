@@ -71,7 +71,7 @@ export function createWebhookWorker(opts: WebhookWorkerOptions) {
         headers: {
           "content-type": "application/json",
           "user-agent": USER_AGENT,
-          [SIGNATURE_HEADER]: signatureHeader(openSecret(w.secret, c.secretKey), t, w.body),
+          [SIGNATURE_HEADER]: signatureHeader(openSecret(w.secret, c.secretKey, c.previousSecretKeys), t, w.body),
           [EVENT_ID_HEADER]: w.eventId,
           [ATTEMPT_HEADER]: String(attempt),
         },

@@ -344,6 +344,8 @@ export interface NotificationsConfig {
   webhookLogRetentionDays: number;
   /** WEBHOOK_SECRET_KEY: seals signing secrets at rest (AES-256-GCM); unset: stored as they are. */
   secretKey?: Buffer;
+  /** WEBHOOK_SECRET_KEYS_PREVIOUS: keys of earlier rotations, used only to open (and reseal with secretKey). */
+  previousSecretKeys: Buffer[];
 }
 
 export const defaultNotificationsConfig: NotificationsConfig = Object.freeze({
@@ -358,6 +360,7 @@ export const defaultNotificationsConfig: NotificationsConfig = Object.freeze({
   allowPrivateNetworks: false,
   inboxRetentionDays: 90,
   webhookLogRetentionDays: 30,
+  previousSecretKeys: [],
 });
 
 export interface AuthConfig {
@@ -649,17 +652,22 @@ function loadNotificationsConfig(env: Env): NotificationsConfig {
     webhookLeaseCheckMs: int(env, "NOTIFICATIONS_LEASE_CHECK_MS", d.webhookLeaseCheckMs, 1000, 600_000),
     signatureToleranceS: int(env, "WEBHOOK_SIGNATURE_TOLERANCE_S", d.signatureToleranceS, 1, 86_400),
     allowPrivateNetworks: bool(env, "WEBHOOK_ALLOW_PRIVATE_NETWORKS", d.allowPrivateNetworks),
-    secretKey: webhookSecretKey(env.WEBHOOK_SECRET_KEY),
+    secretKey: webhookSecretKey("WEBHOOK_SECRET_KEY", env.WEBHOOK_SECRET_KEY),
+    previousSecretKeys: (env.WEBHOOK_SECRET_KEYS_PREVIOUS ?? "")
+      .split(",")
+      .map((s) => s.trim())
+      .filter(Boolean)
+      .map((raw) => webhookSecretKey("WEBHOOK_SECRET_KEYS_PREVIOUS", raw)!),
     inboxRetentionDays: int(env, "NOTIFICATIONS_INBOX_RETENTION_DAYS", d.inboxRetentionDays, 1, 3650),
     webhookLogRetentionDays: int(env, "WEBHOOK_LOG_RETENTION_DAYS", d.webhookLogRetentionDays, 1, 3650),
   };
 }
 
-/** WEBHOOK_SECRET_KEY: 32 bytes as 64 hex characters or base64; undefined when unset. */
-function webhookSecretKey(raw: string | undefined): Buffer | undefined {
+/** A webhook secret key: 32 bytes as 64 hex characters or base64; undefined when unset. */
+function webhookSecretKey(name: string, raw: string | undefined): Buffer | undefined {
   if (raw === undefined || raw === "") return undefined;
   const key = /^[0-9a-fA-F]{64}$/.test(raw) ? Buffer.from(raw, "hex") : Buffer.from(raw, "base64");
-  if (key.length !== 32) throw new ConfigError("WEBHOOK_SECRET_KEY must be 32 bytes: 64 hex characters or the base64 of 32 bytes (openssl rand -hex 32)");
+  if (key.length !== 32) throw new ConfigError(`${name} must be 32 bytes: 64 hex characters or the base64 of 32 bytes (openssl rand -hex 32)`);
   return key;
 }
 

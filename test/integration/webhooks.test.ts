@@ -8,7 +8,10 @@ import { OrderService } from "../../gen/dabba/order/v1/order_service_pb.js";
 import { WebhookDeliveryStatus } from "../../gen/dabba/tracking/v1/tracking_pb.js";
 import { TrackingService } from "../../gen/dabba/tracking/v1/tracking_service_pb.js";
 import { defaultNotificationsConfig } from "../../services/platform/config.js";
+import { resealWebhookSecrets } from "../../services/notifications/index.js";
+import { openSecret } from "../../services/notifications/secrets.js";
 import { verifySignature } from "../../services/notifications/signature.js";
+import { createNotificationsStore } from "../../services/notifications/store.js";
 import { uniqueId } from "../helpers/backends.js";
 import { expectCode } from "../helpers/expect.js";
 import { NEARBY } from "../helpers/fixtures.js";
@@ -203,6 +206,40 @@ for (const backend of ["embedded", "real"] as Backend[]) {
       assert.deepEqual(replayed.map((g) => g.attempt), [MAX_ATTEMPTS + 1, MAX_ATTEMPTS + 1]);
       assert.ok(replayed.every((g) => g.verified));
       assert.deepEqual(new Set(replayed.map((g) => g.eventId)), new Set(dead.map((d) => d.eventId)));
+    });
+
+    it("rotates the sealing key: reseals secrets stored in the clear or with the previous key, and deliveries still verify", async () => {
+      const store = createNotificationsStore(t.mesh.db);
+      const stored = async (id: string) => (await sql<{ secret: string }>`select secret from webhooks where id = ${id}`.execute(t.mesh.db.kysely)).rows[0]!.secret;
+      const sealedPath = `/rot-${uniqueId()}`;
+      const sealed = await register(sealedPath);
+      const clearPath = `/clear-${uniqueId()}`;
+      const clear = await register(clearPath);
+      // As if registered before any key was set.
+      await sql`update webhooks set secret = ${rx.secrets.get(clearPath)!} where id = ${clear}`.execute(t.mesh.db.kysely);
+
+      const next = randomBytes(32);
+      const rotated = await resealWebhookSecrets(store, { secretKey: next, previousSecretKeys: [SECRET_KEY] }, t.mesh.logger);
+      assert.ok(rotated.resealed >= 2, `resealed ${rotated.resealed}`);
+      assert.equal(rotated.unopenable, 0);
+      for (const [id, path] of [[sealed, sealedPath], [clear, clearPath]] as const) {
+        const s = await stored(id);
+        assert.match(s, /^v1:/);
+        assert.equal(openSecret(s, next), rx.secrets.get(path), "opens with the new key alone");
+        assert.throws(() => openSecret(s, SECRET_KEY), /another key sealed it/);
+      }
+      assert.deepEqual(await resealWebhookSecrets(store, { secretKey: next, previousSecretKeys: [SECRET_KEY] }, t.mesh.logger), { resealed: 0, unopenable: 0 }, "nothing left to reseal");
+      // Without the key that sealed them, secrets are reported, not rewritten.
+      const lost = await resealWebhookSecrets(store, { secretKey: randomBytes(32), previousSecretKeys: [] }, t.mesh.logger);
+      assert.equal(lost.resealed, 0);
+      assert.ok(lost.unopenable >= 2);
+
+      // Back to this mesh's key (the new one as the previous): deliveries are signed with the same secret.
+      await resealWebhookSecrets(store, { secretKey: SECRET_KEY, previousSecretKeys: [next] }, t.mesh.logger);
+      const before = rx.got.filter((g) => g.path === sealedPath || g.path === clearPath).length;
+      await placeAndAccept();
+      await until(() => rx.got.filter((g) => g.path === sealedPath || g.path === clearPath).length >= before + 2, 20_000, "deliveries to both");
+      assert.ok(rx.got.filter((g) => g.path === sealedPath || g.path === clearPath).every((g) => g.verified), "signatures verify with the receivers' secrets");
     });
   });
 }
