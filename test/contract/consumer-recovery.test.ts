@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { Redis } from "ioredis";
 import { createConsumer, type Consumer } from "../../services/platform/outbox.js";
 import { openRedis, type EventLog, type RedisPorts, type StreamEntry } from "../../services/platform/redis.js";
-import { redisUrl, requireReal, uniqueId } from "../helpers/backends.js";
+import { redisUrl, requireReal, uniqueId, dropRedisPrefix } from "../helpers/backends.js";
 import { until } from "../helpers/wait.js";
 
 /**
@@ -50,10 +50,7 @@ for (const impl of ["memory", "redis"] as const) {
     after(async () => {
       await redis?.close();
       if (impl === "redis") {
-        const c = new Redis(redisUrl());
-        const keys = await c.keys(`${prefix}*`);
-        if (keys.length) await c.del(...keys);
-        await c.quit();
+        await dropRedisPrefix(prefix);
       }
     });
 

@@ -1,10 +1,9 @@
 import assert from "node:assert/strict";
-import { Redis } from "ioredis";
 import { sql } from "kysely";
 import { openDb, type Db } from "../../services/platform/db.js";
 import { createConsumer, createLruSeenSet, createOutboxRelay, createOutboxTableSql } from "../../services/platform/outbox.js";
 import { openRedis, type RedisPorts, type StreamEntry } from "../../services/platform/redis.js";
-import { postgresUrl, redisUrl, requireReal, uniqueId } from "../helpers/backends.js";
+import { postgresUrl, redisUrl, requireReal, uniqueId, dropRedisPrefix } from "../helpers/backends.js";
 import { sleep, until } from "../helpers/wait.js";
 
 
@@ -39,10 +38,7 @@ for (const impl of ["memory", "redis"] as const) {
       }
       if (redis) await redis.close();
       if (impl === "redis" && redis) {
-        const c = new Redis(redisUrl());
-        const keys = await c.keys(`${prefix}*`);
-        if (keys.length) await c.del(...keys);
-        await c.quit();
+        await dropRedisPrefix(prefix);
       }
     });
 

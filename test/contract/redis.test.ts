@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { Redis } from "ioredis";
 import { openRedis, type BatchOp, type RedisPorts, type StreamEntry } from "../../services/platform/redis.js";
 import { connName } from "../../services/platform/redis-real.js";
-import { redisUrl, requireReal, uniqueId } from "../helpers/backends.js";
+import { redisUrl, requireReal, uniqueId, dropRedisPrefix } from "../helpers/backends.js";
 import { sleep, until } from "../helpers/wait.js";
 
 const bytes = (...b: number[]) => new Uint8Array(b);
@@ -24,10 +24,7 @@ for (const impl of ["memory", "redis"] as const) {
       if (!r) return;
       await r.close();
       if (impl === "redis") {
-        const c = new Redis(redisUrl());
-        const keys = await c.keys(`${prefix}*`);
-        if (keys.length) await c.del(...keys);
-        await c.quit();
+        await dropRedisPrefix(prefix);
       }
     });
 

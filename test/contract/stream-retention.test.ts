@@ -1,9 +1,8 @@
 import assert from "node:assert/strict";
-import { Redis } from "ioredis";
 import { createLogger } from "../../services/platform/logger.js";
 import { openRedis, type RedisPorts } from "../../services/platform/redis.js";
 import { compareStreamIds, createStreamRetention, safeTrimId, type StreamRetentionConfig } from "../../services/platform/stream-retention.js";
-import { redisUrl, requireReal, uniqueId } from "../helpers/backends.js";
+import { redisUrl, requireReal, uniqueId, dropRedisPrefix } from "../helpers/backends.js";
 
 const entry = (i: number) => ({ type: "t", key: `k${i % 3}`, eventId: `e${i}`, data: new Uint8Array([i % 256]) });
 
@@ -44,10 +43,7 @@ for (const impl of ["memory", "redis"] as const) {
       if (!r) return;
       await r.close();
       if (impl === "redis") {
-        const c = new Redis(redisUrl());
-        const keys = await c.keys(`${prefix}*`);
-        if (keys.length) await c.del(...keys);
-        await c.quit();
+        await dropRedisPrefix(prefix);
       }
     });
 

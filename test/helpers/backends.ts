@@ -1,6 +1,7 @@
 import { createConnection } from "node:net";
 import { randomBytes } from "node:crypto";
 import type { Context } from "mocha";
+import { Redis } from "ioredis";
 import pg from "pg";
 
 /** Which real backends the tests use, and what to do when one is unreachable. */
@@ -11,6 +12,17 @@ export function postgresUrl(): string {
 
 export function redisUrl(): string {
   return process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
+}
+
+/** Deletes a test's keys (everything under its key prefix) from the real Redis. */
+export async function dropRedisPrefix(prefix: string): Promise<void> {
+  const c = new Redis(redisUrl());
+  try {
+    const keys = await c.keys(`${prefix}*`);
+    if (keys.length) await c.del(...keys);
+  } finally {
+    await c.quit();
+  }
 }
 
 /** A unique, identifier-safe suffix for tables, schemas, key prefixes of one test run. */
