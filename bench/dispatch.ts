@@ -4,7 +4,11 @@
  * or decline 10 % of offers. dabba runs as a child process (all services, real Postgres and
  * Redis). Prints one JSON line last.
  *
- *   npm run bench -- dispatch [--drivers 10000] [--rate 600] [--seconds 10]
+ *   npm run bench -- dispatch [--drivers 10000] [--rate 600] [--seconds 10] [--split]
+ *
+ * --split (BENCH_SPLIT=1): DispatchService in a process of its own (SERVICES=dispatch, reaching
+ * OrderService and LocationService of the other process over gRPC), as a split deployment runs
+ * it; server CPU and RSS are then the two processes' sum.
  *
  * Server: `node --import tsx services/main.ts` with SERVICES=all, a fresh database
  * (bench_dispatch_<id>, dropped after), an empty Redis database index (5 or the next empty one,
@@ -148,7 +152,13 @@ export async function run(): Promise<void> {
   const runDb = await createRunDatabase("bench_dispatch");
   const redisDb = await emptyRedisDb(process.env.REDIS_URL ?? "redis://127.0.0.1:6379");
   log(`${nDrivers} drivers, ${nOrders} orders confirmed at ${rate}/s for ${seconds} s; database ${new URL(runDb.url).pathname.slice(1)}, Redis database ${redisDb.db}`);
+  const split = process.argv.includes("--split") || process.env.BENCH_SPLIT === "1";
   let server: ChildServer | undefined;
+  // With --split: DispatchService's own process (the drivers' offer streams and answers go there).
+  let dispatchServer: ChildServer | undefined;
+  const servers = () => [server, dispatchServer].filter((s): s is ChildServer => s !== undefined);
+  const serversRss = () => servers().reduce((a, s) => a + s.maxRssMb(), 0);
+  const serversCpu = () => servers().reduce((a, s) => a + s.cpuMs(), 0);
   let child: ChildProcess | undefined;
   let pool: pg.Pool | undefined;
   try {
@@ -156,8 +166,14 @@ export async function run(): Promise<void> {
     log(`baseline: raw GEOSEARCH (5 km, COUNT 50, ${nDrivers} members) + SET NX PX, sequential: p50 ${r3(baseline.p50)} ms, p99 ${r3(baseline.p99)} ms over ${baseline.n} offers`);
     await redisDb.flush();
 
-    server = await startChildServer({ env: { SERVICES: "all", DATABASE_URL: runDb.url, REDIS_URL: redisDb.url, DEMO_SEED: "false" }, log });
+    const storage = { DATABASE_URL: runDb.url, REDIS_URL: redisDb.url, DEMO_SEED: "false" };
+    server = await startChildServer({ env: { SERVICES: split ? "catalog,order,location,tracking" : "all", ...storage }, log });
     log(`dabba pid ${server.pid}: gRPC port ${server.port}; default dispatch settings; rss ${r1(server.maxRssMb())} MiB`);
+    if (split) {
+      const peer = `127.0.0.1:${server.port}`;
+      dispatchServer = await startChildServer({ env: { SERVICES: "dispatch", ORDER_ADDR: peer, LOCATION_ADDR: peer, ...storage }, log, jwtSecret: server.jwtSecret });
+      log(`dispatch in its own process: pid ${dispatchServer.pid}, gRPC port ${dispatchServer.port}`);
+    }
     const auth = { hsSecret: server.jwtSecret, issuer: "dabba", audience: "dabba", devSecret: false };
 
     // Restaurants over the city, denser towards the centre.
@@ -206,7 +222,7 @@ export async function run(): Promise<void> {
         }),
       );
       bar.stop();
-      log(`placed ${nOrders} orders in ${r1((performance.now() - started) / 1000)} s (${Math.round(nOrders / ((performance.now() - started) / 1000))}/s); server rss ${r1(server.maxRssMb())} MiB`);
+      log(`placed ${nOrders} orders in ${r1((performance.now() - started) / 1000)} s (${Math.round(nOrders / ((performance.now() - started) / 1000))}/s); server rss ${r1(serversRss())} MiB`);
     }
     const orderIndex = new Map(orderIds.map((id, i) => [id, i]));
 
@@ -219,6 +235,7 @@ export async function run(): Promise<void> {
     const drivers = driversProcess(child);
     const plan: DriversPlan = {
       port: server.port,
+      dispatchPort: (dispatchServer ?? server).port,
       jwtSecret: server.jwtSecret,
       runId,
       drivers: nDrivers,
@@ -239,7 +256,7 @@ export async function run(): Promise<void> {
       log(
         `${phase}: online ${p.online} (${p.onlineFailed} failed), ${d("pingsSent")} pings/s; offers ${p.offers} (+${d("offers")}), accepted ${p.accepted}, ` +
           `declined ${p.declined}, lost ${p.lost}, expired ${p.expired}, withdrawn ${p.withdrawn}, errors ${p.answerErrors}; assigned ${p.assignedOrders}; ` +
-          `stream errors offers ${p.offerStreamErrors} location ${p.locationStreamErrors}; server rss ${r1(server!.maxRssMb())} MiB, load ${loadavg()[0]!.toFixed(1)}`,
+          `stream errors offers ${p.offerStreamErrors} location ${p.locationStreamErrors}; server rss ${r1(serversRss())} MiB, load ${loadavg()[0]!.toFixed(1)}`,
       );
       lastP = { ...p };
     }, 1000);
@@ -272,7 +289,7 @@ export async function run(): Promise<void> {
     const confirmErrors: string[] = [];
     let confirmErrorCount = 0;
     let lateSends = 0;
-    const cpuServer0 = server.cpuMs();
+    const cpuServer0 = serversCpu();
     const burstStarted = nowAbs();
     let burstEnded = 0;
     {
@@ -335,7 +352,7 @@ export async function run(): Promise<void> {
       if ((drivers.progress()?.assignedOrders ?? 0) >= confirmed) break;
       await sleep(200);
     }
-    const cpuServer = server.cpuMs() - cpuServer0;
+    const cpuServer = serversCpu() - cpuServer0;
     const doneP = drivers.next("done");
     drivers.send({ type: "finish" });
     const done = await doneP;
@@ -388,7 +405,10 @@ export async function run(): Promise<void> {
 
     // Flagged orders and the server's view of the unassigned ones.
     const ops = await mintToken(auth, { role: "ops", sub: "bench-ops" }, 3600);
-    const dispatchClient: Client<typeof DispatchService> = createClient(DispatchService, orderTransports[0]!);
+    const dispatchClient: Client<typeof DispatchService> = createClient(
+      DispatchService,
+      dispatchServer ? createGrpcTransport({ baseUrl: `http://127.0.0.1:${dispatchServer.port}` }) : orderTransports[0]!,
+    );
     const unassigned = orderIds.filter((id, i) => !Number.isNaN(tConfirm[i]!) && !clientAssigned.has(id));
     let flaggedCount = 0;
     let flaggedKnown = true;
@@ -450,11 +470,11 @@ export async function run(): Promise<void> {
         `${optimal.k} nearest, solved in ${Math.round(optimal.ms)} ms); at offer time (server's view) ${r3(atOfferMean)} km`,
     );
 
-    const rssEnd = rssMb(server.pid);
-    const rssMax = server.maxRssMb();
-    const warnings = server.warnings();
-    await server.stop();
-    server = undefined;
+    const rssEnd = servers().reduce((a, s) => a + (rssMb(s.pid) ?? 0), 0);
+    const rssMax = serversRss();
+    const warnings = servers().reduce((a, s) => a + s.warnings(), 0);
+    await Promise.all(servers().map((s) => s.stop()));
+    server = dispatchServer = undefined;
 
     const p = done.p;
     const assigned = clientAssigned.size;
@@ -484,6 +504,7 @@ export async function run(): Promise<void> {
         bench: "dispatch",
         drivers: nDrivers,
         orders: confirmed,
+        split,
         offer_p50_ms: r2(percentile(offerLat, 50)),
         offer_p99_ms: r2(offerP99),
         assign_p99_ms: r2(percentile(assignLat, 99)),
@@ -543,7 +564,7 @@ export async function run(): Promise<void> {
   } finally {
     if (child && child.exitCode === null) child.kill("SIGKILL");
     await pool?.end().catch(() => {});
-    if (server) await server.stop().catch(() => {});
+    await Promise.all(servers().map((s) => s.stop().catch(() => {})));
     await redisDb.flush().catch((err: unknown) => log(`could not empty Redis database ${redisDb.db}: ${String(err)}`));
     await runDb.drop().catch((err: unknown) => log(`could not drop the run database: ${String(err)}`));
   }

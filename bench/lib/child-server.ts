@@ -122,9 +122,15 @@ export interface ChildServer {
  * Starts dabba with the given environment (plus PORT, WEB_PORT, JWT_SECRET, a temporary
  * DABBA_DATA_DIR) and resolves when both its ports accept connections.
  */
-export async function startChildServer(opts: { env: Record<string, string>; log: (msg: string) => void; startTimeoutMs?: number }): Promise<ChildServer> {
+export async function startChildServer(opts: {
+  env: Record<string, string>;
+  log: (msg: string) => void;
+  startTimeoutMs?: number;
+  /** The JWT secret to use (another server's, when services are split over processes); random when unset. */
+  jwtSecret?: string;
+}): Promise<ChildServer> {
   const [port, webPort] = [await freePort(), await freePort()];
-  const jwtSecret = randomBytes(32).toString("base64url");
+  const jwtSecret = opts.jwtSecret ?? randomBytes(32).toString("base64url");
   const dataDir = await mkdtemp(path.join(tmpdir(), "dabba-bench-"));
   const env: Record<string, string> = {
     ...(process.env as Record<string, string>),

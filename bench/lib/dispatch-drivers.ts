@@ -28,7 +28,10 @@ import { sleep } from "../../test/helpers/wait.js";
 export const DRIVERS_ROLE = "DABBA_BENCH_DISPATCH_DRIVERS";
 
 export interface DriversPlan {
+  /** gRPC port of LocationService (ReportLocations). */
   port: number;
+  /** gRPC port of DispatchService (the same as port unless dispatch runs in its own process). */
+  dispatchPort: number;
   jwtSecret: string;
   runId: string;
   drivers: number;
@@ -118,7 +121,9 @@ async function drivers(plan: DriversPlan): Promise<void> {
   const auth = { hsSecret: plan.jwtSecret, issuer: "dabba", audience: "dabba", devSecret: false };
   const fleet = createFleet({ city: BENGALURU, drivers: n, seed: plan.seed, startMs: Date.now(), idPrefix: driverIdPrefix(plan.runId) });
   const transports = Array.from({ length: plan.connections }, () => createGrpcTransport({ baseUrl: `http://127.0.0.1:${plan.port}` }));
-  const dispatch: Client<typeof DispatchService>[] = transports.map((t) => createClient(DispatchService, t));
+  const dispatchTransports =
+    plan.dispatchPort === plan.port ? transports : Array.from({ length: plan.connections }, () => createGrpcTransport({ baseUrl: `http://127.0.0.1:${plan.dispatchPort}` }));
+  const dispatch: Client<typeof DispatchService>[] = dispatchTransports.map((t) => createClient(DispatchService, t));
   const location: Client<typeof LocationService>[] = transports.map((t) => createClient(LocationService, t));
   const headers = await Promise.all(fleet.drivers.map(async (d) => ({ authorization: `Bearer ${await mintToken(auth, { role: "driver", sub: d.id }, 7200)}` })));
   const rng = mulberry32(plan.seed ^ 0x51ed27);
