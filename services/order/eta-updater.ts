@@ -67,6 +67,14 @@ export function stageOf(status: OrderStatus): EtaStage | undefined {
   }
 }
 
+/** Whether an estimate differs from the order's stored one by at least thresholdMs at either bound (or it has none). */
+export function movedFrom(order: Order, lowAtMs: number, highAtMs: number, thresholdMs: number): boolean {
+  const low = order.eta?.earliestAt;
+  const high = order.eta?.latestAt;
+  if (!low || !high) return true;
+  return Math.abs(timestampMs(low) - lowAtMs) >= thresholdMs || Math.abs(timestampMs(high) - highAtMs) >= thresholdMs;
+}
+
 export function createEtaUpdater(o: EtaUpdaterOptions): EtaUpdater {
   const log = o.logger.child({ component: "eta-updater" });
   const thresholdMs = o.config.pushThresholdMinutes * 60_000;
@@ -123,6 +131,10 @@ export function createEtaUpdater(o: EtaUpdaterOptions): EtaUpdater {
     for (let k = 0; k < idx.length; k++) {
       const order = open[idx[k]!]!;
       const q = quotes[k]!;
+      // Most recomputes move nothing: skip the write (a transaction) when neither bound moved by
+      // the threshold against the order as read. The store's own check decides when it did; a
+      // read older than another process's write is corrected by the next round.
+      if (!movedFrom(order, q.lowAtMs, q.highAtMs, thresholdMs)) continue;
       const stored = await o.store.updateEta(order.id, order.version, { lowAt: new Date(q.lowAtMs), highAt: new Date(q.highAtMs) }, thresholdMs);
       if (stored) pushed++;
     }
