@@ -12,7 +12,7 @@ import type {
   StreamEntry,
   StreamGroupInfo,
 } from "./redis.js";
-import { haversineKm } from "./redis.js";
+import { haversineKm, parseStreamId } from "./redis.js";
 
 /**
  * In-process twin of the Redis ports for a single-process deployment and fast tests. It
@@ -71,15 +71,7 @@ export function createMemoryRedis(opts: { keyPrefix?: string } = {}): RedisPorts
 
 type Id = [number, number];
 
-function parseId(id: string): Id {
-  const [ms, seq] = id.split("-");
-  const a = Number(ms);
-  const b = seq === undefined ? 0 : Number(seq);
-  if (!Number.isSafeInteger(a) || !Number.isSafeInteger(b) || a < 0 || b < 0) {
-    throw new Error(`ERR Invalid stream ID specified as stream command argument: ${id}`);
-  }
-  return [a, b];
-}
+const parseId: (id: string) => Id = parseStreamId;
 
 function cmpId(a: Id, b: Id): number {
   return a[0] !== b[0] ? a[0] - b[0] : a[1] - b[1];

@@ -187,6 +187,24 @@ export async function openRedis(opts: OpenRedisOptions): Promise<RedisPorts> {
 export const EARTH_RADIUS_M = 6372797.560856;
 
 /** Great-circle distance in km, the formula Redis uses. */
+/** A stream entry id ("<ms>-<seq>") as numbers; throws Redis's error for a malformed one. */
+export function parseStreamId(id: string): [number, number] {
+  const [ms, seq] = id.split("-");
+  const a = Number(ms);
+  const b = seq === undefined ? 0 : Number(seq);
+  if (!Number.isSafeInteger(a) || !Number.isSafeInteger(b) || a < 0 || b < 0) {
+    throw new Error(`ERR Invalid stream ID specified as stream command argument: ${id}`);
+  }
+  return [a, b];
+}
+
+/** Orders two stream ids numerically (not as text: "9-0" < "10-0"). */
+export function compareStreamIds(a: string, b: string): number {
+  const x = parseStreamId(a);
+  const y = parseStreamId(b);
+  return x[0] !== y[0] ? x[0] - y[0] : x[1] - y[1];
+}
+
 export function haversineKm(lng1: number, lat1: number, lng2: number, lat2: number): number {
   const rad = Math.PI / 180;
   const u = Math.sin(((lat2 - lat1) * rad) / 2);

@@ -1,5 +1,5 @@
 import type { Logger } from "./logger.js";
-import type { EventLog, StreamGroupInfo } from "./redis.js";
+import { compareStreamIds, type EventLog, type StreamGroupInfo } from "./redis.js";
 
 /**
  * Event stream retention. The streams are the bus, not the record (Postgres keeps the orders,
@@ -25,20 +25,6 @@ export const defaultStreamRetentionConfig: StreamRetentionConfig = Object.freeze
   maxLen: 1_000_000,
   everyMs: 60_000,
 });
-
-type Id = readonly [number, number];
-
-function parseId(id: string): Id {
-  const [ms, seq] = id.split("-");
-  return [Number(ms), seq === undefined ? 0 : Number(seq)];
-}
-
-/** Orders two stream ids ("<ms>-<seq>") numerically. */
-export function compareStreamIds(a: string, b: string): number {
-  const x = parseId(a);
-  const y = parseId(b);
-  return x[0] !== y[0] ? x[0] - y[0] : x[1] - y[1];
-}
 
 /** The oldest entry a group still needs: its oldest unacked one, else the last delivered (kept, harmless). */
 export function groupFloor(g: StreamGroupInfo): string {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { createLogger } from "../../services/platform/logger.js";
-import { openRedis, type RedisPorts } from "../../services/platform/redis.js";
-import { compareStreamIds, createStreamRetention, safeTrimId, type StreamRetentionConfig } from "../../services/platform/stream-retention.js";
+import { compareStreamIds, openRedis, type RedisPorts } from "../../services/platform/redis.js";
+import { createStreamRetention, safeTrimId, type StreamRetentionConfig } from "../../services/platform/stream-retention.js";
 import { redisUrl, requireReal, uniqueId, dropRedisPrefix } from "../helpers/backends.js";
 
 const entry = (i: number) => ({ type: "t", key: `k${i % 3}`, eventId: `e${i}`, data: new Uint8Array([i % 256]) });
